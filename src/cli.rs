@@ -1,0 +1,188 @@
+//! Command-line arguments and output rendering: the only module that prints.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use miette::{GraphicalReportHandler, GraphicalTheme};
+
+use crate::error::{Error, Result};
+use crate::exit_code;
+use crate::plan::{self, Diagnostic, Severity};
+
+/// Plans and runs batched rolling upgrades of Kubernetes (k3s) nodes without disrupting the
+/// people who use them.
+#[derive(Debug, Parser)]
+#[command(name = "noderoll", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// When to use colours in diagnostics.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate plan files and report every problem with its file:line:column.
+    Check {
+        /// Plan files to check.
+        #[arg(required = true, value_name = "PLAN")]
+        plans: Vec<PathBuf>,
+        /// `text` for people, `json` for scripts (a list of diagnostics on stdout).
+        #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
+    Schema,
+}
+
+/// When to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// When stderr is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Output format of `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable diagnostics on stderr.
+    Text,
+    /// A JSON list of `{severity, message, path, line, column, help}` on stdout.
+    Json,
+}
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit_code::USAGE } else { exit_code::SUCCESS };
+        }
+    };
+    let color = use_color(cli.color);
+    match run(cli) {
+        Ok(code) => code,
+        Err(Error::InvalidPlan(diagnostics)) => {
+            eprint!("{}", render_diagnostics(&diagnostics, color));
+            exit_code::INVALID_PLAN
+        }
+        Err(e) => {
+            let report = miette::Report::new(e_with_chain(&e));
+            eprintln!("{report:?}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the exit code for outcomes that are not errors.
+pub fn run(cli: Cli) -> Result<i32> {
+    let color = use_color(cli.color);
+    match cli.command {
+        Command::Check { plans, output } => check(&plans, output, color),
+        Command::Schema => {
+            println!("{}", schema_json()?);
+            Ok(exit_code::SUCCESS)
+        }
+    }
+}
+
+/// The plan's JSON Schema, pretty-printed, exactly as `schemas/plan.schema.json` holds it.
+pub fn schema_json() -> Result<String> {
+    let schema = schemars::schema_for!(plan::model::PlanDocument);
+    Ok(serde_json::to_string_pretty(&schema)?)
+}
+
+fn check(paths: &[PathBuf], output: OutputFormat, color: bool) -> Result<i32> {
+    let results: Vec<(String, plan::Checked)> =
+        paths.iter().map(|p| (p.display().to_string(), plan::check_file(p))).collect();
+    let invalid = results.iter().filter(|(_, c)| c.has_errors()).count();
+    let diagnostics: Vec<&Diagnostic> = results.iter().flat_map(|(_, c)| &c.diagnostics).collect();
+    match output {
+        OutputFormat::Json => {
+            let records: Vec<_> = diagnostics.iter().map(|d| d.to_record()).collect();
+            println!("{}", serde_json::to_string_pretty(&records)?);
+        }
+        OutputFormat::Text => {
+            let owned: Vec<Diagnostic> = diagnostics.iter().map(|d| (*d).clone()).collect();
+            eprint!("{}", render_diagnostics(&owned, color));
+            let mut stdout = std::io::stdout().lock();
+            for (path, checked) in &results {
+                if let Some(plan) = &checked.plan {
+                    let listed: usize = plan
+                        .batches
+                        .iter()
+                        .map(|b| match &b.members {
+                            plan::resolved::Members::Nodes(n) => n.len(),
+                            plan::resolved::Members::Selector(_) => 0,
+                        })
+                        .sum();
+                    let selectors = plan
+                        .batches
+                        .iter()
+                        .filter(|b| matches!(b.members, plan::resolved::Members::Selector(_)))
+                        .count();
+                    let _ = writeln!(
+                        stdout,
+                        "{path}: ok: plan `{}`, {} batch(es), {listed} node(s) by name, {selectors} batch(es) by selector",
+                        plan.name,
+                        plan.batches.len()
+                    );
+                }
+            }
+            let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            let warnings = diagnostics.len() - errors;
+            if invalid > 0 || warnings > 0 {
+                eprintln!(
+                    "checked {} plan(s): {} invalid, {errors} error(s), {warnings} warning(s)",
+                    results.len(),
+                    invalid
+                );
+            }
+        }
+    }
+    Ok(if invalid > 0 { exit_code::INVALID_PLAN } else { exit_code::SUCCESS })
+}
+
+/// Renders diagnostics with miette's graphical handler: the file:line:col, the offending
+/// line with a caret, and the help.
+pub fn render_diagnostics(diagnostics: &[Diagnostic], color: bool) -> String {
+    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let mut out = String::new();
+    for d in diagnostics {
+        if handler.render_report(&mut out, d).is_err() {
+            out.push_str(&d.to_string());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
+    }
+}
+
+/// Wraps an error so miette prints its whole `source()` chain.
+fn e_with_chain(e: &Error) -> miette::MietteDiagnostic {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    miette::MietteDiagnostic::new(message)
+}

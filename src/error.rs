@@ -1,0 +1,39 @@
+//! The library's error type; each variant knows its exit code.
+
+use crate::exit_code;
+use crate::plan::Diagnostic;
+
+/// Everything that can go wrong in a noderoll command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more plan files are invalid; the diagnostics say where.
+    #[error("{} error(s) in the plan", .0.iter().filter(|d| d.severity == crate::plan::Severity::Error).count())]
+    InvalidPlan(Vec<Diagnostic>),
+    /// Reading or writing a file failed.
+    #[error("cannot {action} `{path}`")]
+    Io {
+        /// What was being done (`read`, `write`).
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serializing output failed.
+    #[error("cannot produce JSON output")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidPlan(_) => exit_code::INVALID_PLAN,
+            Error::Io { .. } | Error::Json(_) => exit_code::FAILURE,
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

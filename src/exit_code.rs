@@ -1,0 +1,11 @@
+//! The process exit codes, in one place (docs/exit-codes.md repeats this table).
+
+/// Everything asked for was done; `check` found no error.
+pub const SUCCESS: i32 = 0;
+/// A plan is invalid (`check`, and every command that reads a plan).
+pub const INVALID_PLAN: i32 = 1;
+/// The command line is wrong (unknown flag, missing argument). clap uses 2 as well.
+pub const USAGE: i32 = 2;
+/// Something outside the plan failed: a file could not be read or written, output could not
+/// be produced.
+pub const FAILURE: i32 = 3;

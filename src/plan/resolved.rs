@@ -1,0 +1,258 @@
+//! The plan after validation: every value parsed, every default filled in, every batch's
+//! settings merged with the defaults. The planner and the executor read only this.
+
+use std::time::Duration;
+
+use super::model::{
+    AddressType, DnsStrategy, LoadBalancerMode, Role, SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy,
+    WindowEndPolicy,
+};
+use super::selector::Selector;
+use super::template::CommandTemplate;
+
+/// A validated plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.description`.
+    pub description: Option<String>,
+    /// How traffic is moved off service nodes.
+    pub load_balancer: LoadBalancerPlan,
+    /// Where quorum is read from.
+    pub quorum: QuorumPlan,
+    /// The maintenance window, if any.
+    pub window: Option<WindowPlan>,
+    /// Batches in plan order; `after` is already resolved to batch indices.
+    pub batches: Vec<BatchPlan>,
+}
+
+/// The load balancer and its traffic steps.
+#[derive(Debug, Clone)]
+pub struct LoadBalancerPlan {
+    /// The mode.
+    pub mode: LoadBalancerMode,
+    /// The DNS record (ServiceLB only).
+    pub dns: Option<DnsPlan>,
+    /// The BGP selector label (Cilium BGP only).
+    pub bgp_label: Option<NodeLabel>,
+    /// Cilium L2 settings (Cilium L2 only).
+    pub l2: Option<L2Plan>,
+}
+
+/// The ServiceLB DNS record.
+#[derive(Debug, Clone)]
+pub struct DnsPlan {
+    /// Fully qualified name, ending in `.`.
+    pub name: String,
+    /// Round-robin or single record.
+    pub strategy: DnsStrategy,
+    /// TTL for records written back; `None` keeps the one found.
+    pub ttl: Option<u32>,
+    /// How records are changed.
+    pub provider: DnsProviderPlan,
+    /// Resolvers to poll after each change.
+    pub resolvers: Vec<String>,
+    /// Which Node address is the node's record.
+    pub address_type: AddressType,
+    /// Explicit node → address map.
+    pub addresses: std::collections::BTreeMap<String, std::net::IpAddr>,
+}
+
+/// A DNS provider with its settings.
+#[derive(Debug, Clone)]
+pub enum DnsProviderPlan {
+    /// RFC 2136 with TSIG.
+    Rfc2136 {
+        /// `host:port` of the primary.
+        server: String,
+        /// Zone, ending in `.`.
+        zone: String,
+        /// TSIG key name.
+        key_name: String,
+        /// TSIG algorithm.
+        algorithm: TsigAlgorithm,
+        /// File with the base64 secret, as written (relative to the plan's folder).
+        secret_file: String,
+    },
+    /// The operator makes the change.
+    Manual,
+    /// Commands make the change.
+    Command {
+        /// Withdraw / repoint command.
+        withdraw: CommandTemplate,
+        /// Restore command.
+        restore: CommandTemplate,
+    },
+}
+
+/// A node label `key` with an optional required value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLabel {
+    /// Label key.
+    pub key: String,
+    /// Value the label has while the node is selected, if a specific one.
+    pub value: Option<String>,
+}
+
+/// Cilium L2 settings.
+#[derive(Debug, Clone)]
+pub struct L2Plan {
+    /// Namespace of the `cilium-l2announce-*` Leases.
+    pub lease_namespace: String,
+    /// How long to wait for the node to release them.
+    pub release_timeout: Duration,
+}
+
+/// Where quorum comes from.
+#[derive(Debug, Clone)]
+pub struct QuorumPlan {
+    /// etcd client settings; `None` means: count Ready etcd-role nodes.
+    pub etcd: Option<EtcdPlan>,
+    /// How long the gate waits.
+    pub timeout: Duration,
+}
+
+/// etcd client settings.
+#[derive(Debug, Clone)]
+pub struct EtcdPlan {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// CA bundle path.
+    pub ca_file: Option<String>,
+    /// Client certificate path.
+    pub cert_file: Option<String>,
+    /// Client key path.
+    pub key_file: Option<String>,
+}
+
+/// A validated maintenance window.
+#[derive(Debug, Clone)]
+pub struct WindowPlan {
+    /// The cron expression as written.
+    pub cron_text: String,
+    /// The parsed cron expression.
+    pub cron: croner::Cron,
+    /// How long each window stays open.
+    pub duration: Duration,
+    /// The zone the cron expression is read in.
+    pub timezone: jiff::tz::TimeZone,
+    /// The zone's IANA name.
+    pub timezone_name: String,
+    /// What nodes in progress do at the end.
+    pub on_end: WindowEndPolicy,
+}
+
+/// A validated batch.
+#[derive(Debug, Clone)]
+pub struct BatchPlan {
+    /// Unique name.
+    pub name: String,
+    /// Service or workstation.
+    pub role: Role,
+    /// Which nodes.
+    pub members: Members,
+    /// How many may be out of service at once.
+    pub max_unavailable: MaxUnavailable,
+    /// Indices of the batches that must finish first.
+    pub after: Vec<usize>,
+    /// Effective step settings (defaults merged with this batch's overrides).
+    pub settings: Settings,
+}
+
+/// How a batch names its nodes.
+#[derive(Debug, Clone)]
+pub enum Members {
+    /// Listed by name.
+    Nodes(Vec<String>),
+    /// Selected by labels from the cluster's inventory.
+    Selector(Selector),
+}
+
+/// A validated `maxUnavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    /// A count, at least 1.
+    Count(u32),
+    /// A percentage of the batch, 1..=100.
+    Percent(u32),
+}
+
+impl MaxUnavailable {
+    /// The number of nodes this allows for a batch of `size` nodes: percentages round down,
+    /// but never below one (a batch must be able to make progress), never above `size`.
+    pub fn resolve(self, size: usize) -> usize {
+        let n = match self {
+            MaxUnavailable::Count(n) => n as usize,
+            MaxUnavailable::Percent(p) => size * p as usize / 100,
+        };
+        n.max(1).min(size.max(1))
+    }
+}
+
+/// Effective per-step settings of a batch.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Drain.
+    pub drain: DrainPlan,
+    /// Sessions.
+    pub sessions: SessionsPlan,
+    /// Upgrade hook.
+    pub upgrade: UpgradePlan,
+    /// Verification.
+    pub verify: VerifyPlan,
+    /// Uncordon policy.
+    pub uncordon: UncordonPolicy,
+}
+
+/// Drain settings.
+#[derive(Debug, Clone)]
+pub struct DrainPlan {
+    /// Overall timeout.
+    pub timeout: Duration,
+    /// Leave DaemonSet pods.
+    pub ignore_daemon_sets: bool,
+    /// Evict pods with emptyDir volumes.
+    pub delete_empty_dir_data: bool,
+    /// Grace period override.
+    pub grace_period: Option<Duration>,
+    /// Only evict pods matching this.
+    pub pod_selector: Option<Selector>,
+    /// Stop waiting for pods deleted longer ago than this.
+    pub skip_wait_for_delete_timeout: Option<Duration>,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionsPlan {
+    /// Annotation that marks session pods.
+    pub annotation: String,
+    /// How long to wait.
+    pub timeout: Duration,
+    /// What to do then.
+    pub on_timeout: SessionTimeoutPolicy,
+}
+
+/// Upgrade hook.
+#[derive(Debug, Clone)]
+pub struct UpgradePlan {
+    /// The command.
+    pub command: CommandTemplate,
+    /// Run through `sh -c`.
+    pub shell: bool,
+    /// Timeout.
+    pub timeout: Duration,
+}
+
+/// Verification.
+#[derive(Debug, Clone)]
+pub struct VerifyPlan {
+    /// How long the node may take to come back.
+    pub ready_timeout: Duration,
+    /// Expected kubelet version.
+    pub kubelet_version: Option<String>,
+    /// Expected OS image.
+    pub os_image: Option<String>,
+    /// Extra check.
+    pub command: Option<CommandTemplate>,
+}

@@ -1,0 +1,5 @@
+//! Behaviour through the real `noderoll` binary.
+
+mod check;
+mod harness;
+mod schema;
