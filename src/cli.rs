@@ -9,6 +9,7 @@ use miette::{GraphicalReportHandler, GraphicalTheme};
 use crate::error::{Error, Result};
 use crate::exit_code;
 use crate::plan::{self, Diagnostic, Severity};
+use crate::planner;
 
 /// Plans and runs batched rolling upgrades of Kubernetes (k3s) nodes without disrupting the
 /// people who use them.
@@ -35,6 +36,15 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Show the steps a plan will take, in order, without touching anything.
+    Preview {
+        /// The plan file.
+        #[arg(value_name = "PLAN")]
+        plan: PathBuf,
+        /// `text` for review, `json` for tools, `dot` (Graphviz) or `mermaid` for pictures.
+        #[arg(long, short, value_enum, default_value_t = PreviewFormat::Text)]
+        output: PreviewFormat,
+    },
     /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
     Schema,
 }
@@ -48,6 +58,19 @@ pub enum ColorChoice {
     Always,
     /// Never.
     Never,
+}
+
+/// Output format of `preview`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreviewFormat {
+    /// Batches, waves, steps, DNS changes, critical path and estimate.
+    Text,
+    /// `{"plan", "steps": [{"id", "node", "batch", "action", "after"}]}`.
+    Json,
+    /// Graphviz DOT.
+    Dot,
+    /// Mermaid flowchart.
+    Mermaid,
 }
 
 /// Output format of `check`.
@@ -88,6 +111,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     let color = use_color(cli.color);
     match cli.command {
         Command::Check { plans, output } => check(&plans, output, color),
+        Command::Preview { plan, output } => preview(&plan, output),
         Command::Schema => {
             println!("{}", schema_json()?);
             Ok(exit_code::SUCCESS)
@@ -150,6 +174,24 @@ fn check(paths: &[PathBuf], output: OutputFormat, color: bool) -> Result<i32> {
         }
     }
     Ok(if invalid > 0 { exit_code::INVALID_PLAN } else { exit_code::SUCCESS })
+}
+
+fn preview(path: &std::path::Path, output: PreviewFormat) -> Result<i32> {
+    let checked = plan::check_file(path);
+    let Some(plan) = checked.plan else { return Err(Error::InvalidPlan(checked.diagnostics)) };
+    if !checked.diagnostics.is_empty() {
+        eprint!("{}", render_diagnostics(&checked.diagnostics, use_color(ColorChoice::Auto)));
+    }
+    let planned =
+        planner::build(&plan).map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
+    let text = match output {
+        PreviewFormat::Text => planner::render::text(&plan, &planned),
+        PreviewFormat::Json => planner::render::json(&plan, &planned)? + "\n",
+        PreviewFormat::Dot => planner::render::dot(&plan, &planned),
+        PreviewFormat::Mermaid => planner::render::mermaid(&planned),
+    };
+    print!("{text}");
+    Ok(exit_code::SUCCESS)
 }
 
 /// Renders diagnostics with miette's graphical handler: the file:line:col, the offending

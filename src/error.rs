@@ -20,6 +20,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A valid plan cannot be turned into steps.
+    #[error("cannot plan `{path}`")]
+    Planner {
+        /// The plan file.
+        path: String,
+        /// Why.
+        #[source]
+        source: crate::planner::PlannerError,
+    },
     /// Serializing output failed.
     #[error("cannot produce JSON output")]
     Json(#[from] serde_json::Error),
@@ -29,7 +38,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidPlan(_) => exit_code::INVALID_PLAN,
+            Error::InvalidPlan(_) | Error::Planner { .. } => exit_code::INVALID_PLAN,
             Error::Io { .. } | Error::Json(_) => exit_code::FAILURE,
         }
     }

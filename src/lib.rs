@@ -9,5 +9,6 @@ pub mod cli;
 pub mod error;
 pub mod exit_code;
 pub mod plan;
+pub mod planner;
 
 pub use error::{Error, Result};

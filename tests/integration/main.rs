@@ -2,4 +2,5 @@
 
 mod check;
 mod harness;
+mod preview;
 mod schema;

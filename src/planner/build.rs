@@ -1,0 +1,291 @@
+//! From a validated plan to a step graph. Pure: no I/O, no clock.
+//!
+//! Concurrency limits are edges, so they can be proven from the graph alone:
+//! - within a batch of `m = maxUnavailable`, node `k` starts only after node `k - m` is done.
+//!   The batch is thus `m` sequential lanes and at most `m` of its nodes are out of service at
+//!   once. A "wave" in the preview is the k-th node of every lane.
+//! - across the whole plan, service nodes in batch order form `q` lanes the same way, where
+//!   `q = floor((n - 1) / 2)` for `n` etcd members (and at most `s - 1` for a round-robin
+//!   record set of `s` service nodes, so it is never emptied).
+
+use std::collections::{BTreeSet, HashMap};
+
+use petgraph::graph::NodeIndex;
+
+use super::PlannerError;
+use super::graph::{Action, Step, StepGraph};
+use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
+use crate::plan::resolved::{BatchPlan, Members, Plan};
+
+/// The steps of one node, in order, and where its chain starts and ends.
+#[derive(Debug, Clone)]
+pub struct NodeChain {
+    /// The node.
+    pub node: String,
+    /// Index of its batch in the plan.
+    pub batch: usize,
+    /// Its steps in chain order.
+    pub steps: Vec<NodeIndex>,
+}
+
+impl NodeChain {
+    /// The first step (taking the node out of service).
+    pub fn first(&self) -> NodeIndex {
+        self.steps[0]
+    }
+
+    /// The last step (the node is back in service).
+    pub fn last(&self) -> NodeIndex {
+        self.steps[self.steps.len() - 1]
+    }
+}
+
+/// The planner's output: the graph plus the structure the renderings need.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The step graph.
+    pub graph: StepGraph,
+    /// Nodes of each batch, in plan order, as lanes × waves are derived from.
+    pub batches: Vec<PlannedBatch>,
+    /// Every node's chain, in plan order.
+    pub chains: Vec<NodeChain>,
+    /// How many etcd members may be out of service at once, and why.
+    pub quorum: QuorumBudget,
+    /// For single-record DNS: the node the record is assumed to point at, and its stand-in.
+    pub record_target: Option<(String, String)>,
+}
+
+/// A batch with its resolved nodes.
+#[derive(Debug, Clone)]
+pub struct PlannedBatch {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Nodes in plan order.
+    pub nodes: Vec<String>,
+    /// Resolved maxUnavailable (lanes).
+    pub lanes: usize,
+    /// Names of the batches it waits for.
+    pub after: Vec<String>,
+}
+
+/// The service-node concurrency limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumBudget {
+    /// etcd members counted.
+    pub members: usize,
+    /// Where the count came from.
+    pub source: MemberSource,
+    /// Service nodes that may be out of service at once.
+    pub limit: usize,
+}
+
+/// Where the etcd member count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberSource {
+    /// `quorum.etcd.endpoints`.
+    EtcdEndpoints,
+    /// The service nodes of the plan.
+    ServiceNodes,
+}
+
+/// Builds the step graph of a plan whose batches all list their nodes.
+pub fn build(plan: &Plan) -> Result<Planned, PlannerError> {
+    let batches = resolve_batches(plan)?;
+    let order = batch_order(plan);
+    let service_nodes: Vec<(usize, &String)> = order
+        .iter()
+        .filter(|&&b| batches[b].role == Role::Service)
+        .flat_map(|&b| batches[b].nodes.iter().map(move |n| (b, n)))
+        .collect();
+    let quorum = quorum_budget(plan, service_nodes.len())?;
+    let single_record = plan.load_balancer.dns.as_ref().is_some_and(|d| d.strategy == DnsStrategy::SingleRecord);
+    let record_target = match (single_record, service_nodes.as_slice()) {
+        (true, [(_, first), (_, second), ..]) => Some(((*first).clone(), (*second).clone())),
+        _ => None,
+    };
+
+    let mut graph = StepGraph::default();
+    let mut chains: Vec<NodeChain> = Vec::new();
+    let mut chain_of: HashMap<&str, usize> = HashMap::new();
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut dones = Vec::with_capacity(batches.len());
+    for (b, batch) in batches.iter().enumerate() {
+        let gate = |graph: &mut StepGraph, action: Action| {
+            graph.add(Step {
+                id: format!("batch/{}/{}", batch.name, action.name()),
+                node: None,
+                batch: Some(batch.name.clone()),
+                action,
+                target: None,
+            })
+        };
+        let start = gate(&mut graph, Action::BatchStart);
+        let mut head = start;
+        if plan.window.is_some() {
+            let window = gate(&mut graph, Action::Window);
+            graph.depend(head, window);
+            head = window;
+        }
+        if batch.role == Role::Service {
+            let quorum_gate = gate(&mut graph, Action::Quorum);
+            graph.depend(head, quorum_gate);
+            head = quorum_gate;
+        }
+        let first_chain = chains.len();
+        for (k, node) in batch.nodes.iter().enumerate() {
+            let repoint_to = record_target.as_ref().filter(|(t, _)| t == node).map(|(_, r)| r.clone());
+            let actions = chain_actions(plan, &plan.batches[b], repoint_to.is_some());
+            let steps: Vec<NodeIndex> = actions
+                .iter()
+                .map(|&action| {
+                    graph.add(Step {
+                        id: format!("{node}/{}", action.name()),
+                        node: Some(node.clone()),
+                        batch: Some(batch.name.clone()),
+                        action,
+                        target: (action == Action::DnsRepoint).then(|| repoint_to.clone()).flatten(),
+                    })
+                })
+                .collect();
+            for pair in steps.windows(2) {
+                graph.depend(pair[0], pair[1]);
+            }
+            graph.depend(head, steps[0]);
+            if k >= batch.lanes {
+                let ahead = &chains[first_chain + k - batch.lanes];
+                graph.depend(ahead.last(), steps[0]);
+            }
+            chain_of.insert(node, chains.len());
+            chains.push(NodeChain { node: node.clone(), batch: b, steps });
+        }
+        let done = gate(&mut graph, Action::BatchDone);
+        for chain in &chains[first_chain..] {
+            graph.depend(chain.last(), done);
+        }
+        if batch.nodes.is_empty() {
+            graph.depend(head, done);
+        }
+        starts.push(start);
+        dones.push(done);
+    }
+    for (b, batch) in plan.batches.iter().enumerate() {
+        for &a in &batch.after {
+            graph.depend(dones[a], starts[b]);
+        }
+    }
+    for k in quorum.limit..service_nodes.len() {
+        let ahead = &chains[chain_of[service_nodes[k - quorum.limit].1.as_str()]];
+        let this = &chains[chain_of[service_nodes[k].1.as_str()]];
+        graph.depend(ahead.last(), this.first());
+    }
+    if let Some((target, stand_in)) = &record_target {
+        // The stand-in serves the record while the target is away, so it must not be away at
+        // the same time; the target comes first in service order.
+        let target = &chains[chain_of[target.as_str()]];
+        let stand_in = &chains[chain_of[stand_in.as_str()]];
+        graph.depend(target.last(), stand_in.first());
+    }
+    Ok(Planned { graph, batches, chains, quorum, record_target })
+}
+
+fn resolve_batches(plan: &Plan) -> Result<Vec<PlannedBatch>, PlannerError> {
+    plan.batches
+        .iter()
+        .map(|b: &BatchPlan| {
+            let nodes = match &b.members {
+                Members::Nodes(nodes) => nodes.clone(),
+                Members::Selector(selector) => {
+                    return Err(PlannerError::UnresolvedSelector {
+                        batch: b.name.clone(),
+                        selector: selector.to_string(),
+                    });
+                }
+            };
+            Ok(PlannedBatch {
+                name: b.name.clone(),
+                role: b.role,
+                lanes: b.max_unavailable.resolve(nodes.len()),
+                nodes,
+                after: b.after.iter().map(|&a| plan.batches[a].name.clone()).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Batches in an order that respects `after` (validation has ruled out cycles), preferring
+/// plan order.
+fn batch_order(plan: &Plan) -> Vec<usize> {
+    let n = plan.batches.len();
+    let mut waiting: Vec<usize> = plan.batches.iter().map(|b| b.after.len()).collect();
+    let mut ready: BTreeSet<usize> = (0..n).filter(|&b| waiting[b] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(b) = ready.pop_first() {
+        order.push(b);
+        for (c, batch) in plan.batches.iter().enumerate() {
+            if batch.after.contains(&b) {
+                waiting[c] -= 1;
+                if waiting[c] == 0 {
+                    ready.insert(c);
+                }
+            }
+        }
+    }
+    order
+}
+
+fn quorum_budget(plan: &Plan, service_nodes: usize) -> Result<QuorumBudget, PlannerError> {
+    let (members, source) = match &plan.quorum.etcd {
+        Some(etcd) if !etcd.endpoints.is_empty() => (etcd.endpoints.len(), MemberSource::EtcdEndpoints),
+        _ => (service_nodes, MemberSource::ServiceNodes),
+    };
+    let mut limit = members.saturating_sub(1) / 2;
+    let round_robin = plan.load_balancer.dns.as_ref().is_some_and(|d| d.strategy == DnsStrategy::RoundRobin);
+    if round_robin {
+        limit = limit.min(service_nodes.saturating_sub(1));
+    }
+    if service_nodes > 0 && limit == 0 {
+        return Err(PlannerError::NoQuorumBudget { members, service_nodes });
+    }
+    Ok(QuorumBudget { members, source, limit: limit.max(1) })
+}
+
+/// The chain of one node, from the runbook.
+fn chain_actions(plan: &Plan, batch: &BatchPlan, record_target: bool) -> Vec<Action> {
+    let mode = plan.load_balancer.mode;
+    let dns = plan.load_balancer.dns.as_ref();
+    let service = batch.role == Role::Service;
+    let mut actions = Vec::with_capacity(12);
+    let dns_steps = match (mode, dns, service) {
+        (LoadBalancerMode::Servicelb, Some(d), true) => match d.strategy {
+            DnsStrategy::RoundRobin => Some(Action::DnsWithdraw),
+            DnsStrategy::SingleRecord if record_target => Some(Action::DnsRepoint),
+            DnsStrategy::SingleRecord => None,
+        },
+        _ => None,
+    };
+    actions.extend(dns_steps);
+    actions.push(Action::Cordon);
+    if batch.role == Role::Workstation {
+        actions.push(Action::WaitSessions);
+    }
+    actions.push(Action::Drain);
+    match mode {
+        LoadBalancerMode::CiliumBgp => actions.push(Action::BgpWithdraw),
+        LoadBalancerMode::CiliumL2 => actions.push(Action::WaitL2Release),
+        LoadBalancerMode::Servicelb | LoadBalancerMode::External => {}
+    }
+    actions.extend([Action::Upgrade, Action::WaitReady, Action::Verify]);
+    if batch.settings.uncordon == UncordonPolicy::Approve {
+        actions.push(Action::Approve);
+    }
+    actions.push(Action::Uncordon);
+    if mode == LoadBalancerMode::CiliumBgp {
+        actions.push(Action::BgpRestore);
+    }
+    if dns_steps.is_some() {
+        actions.push(Action::DnsRestore);
+    }
+    actions
+}

@@ -1,0 +1,151 @@
+//! The step graph: what the planner produces and the executor consumes.
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+
+/// Every kind of step and gate, with the names the JSON contract uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Remove the node's record from a round-robin set.
+    DnsWithdraw,
+    /// Point a single record at another service node.
+    DnsRepoint,
+    /// Put the node's record back (or point the single record back at it).
+    DnsRestore,
+    /// Mark the node unschedulable.
+    Cordon,
+    /// Wait until no session pod is left on the node.
+    WaitSessions,
+    /// Evict the node's pods through the Eviction API.
+    Drain,
+    /// Remove the BGP policy's selector label from the node.
+    BgpWithdraw,
+    /// Put the BGP selector label back.
+    BgpRestore,
+    /// Wait until the node holds no Cilium L2 announcement Lease.
+    WaitL2Release,
+    /// Run the upgrade hook.
+    Upgrade,
+    /// Wait for a new boot ID and Ready.
+    WaitReady,
+    /// Check versions and run the verify hook.
+    Verify,
+    /// Wait for an operator's approval.
+    Approve,
+    /// Mark the node schedulable again.
+    Uncordon,
+    /// Gate: the maintenance window is open.
+    Window,
+    /// Gate: etcd keeps quorum if the batch's nodes go.
+    Quorum,
+    /// Gate: the batches this one runs after are done.
+    BatchStart,
+    /// Gate: every node of the batch is done.
+    BatchDone,
+}
+
+impl Action {
+    /// The name used in ids, JSON and renderings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::DnsWithdraw => "dns-withdraw",
+            Action::DnsRepoint => "dns-repoint",
+            Action::DnsRestore => "dns-restore",
+            Action::Cordon => "cordon",
+            Action::WaitSessions => "wait-sessions",
+            Action::Drain => "drain",
+            Action::BgpWithdraw => "bgp-withdraw",
+            Action::BgpRestore => "bgp-restore",
+            Action::WaitL2Release => "wait-l2-release",
+            Action::Upgrade => "upgrade",
+            Action::WaitReady => "wait-ready",
+            Action::Verify => "verify",
+            Action::Approve => "approve",
+            Action::Uncordon => "uncordon",
+            Action::Window => "window",
+            Action::Quorum => "quorum",
+            Action::BatchStart => "batch-start",
+            Action::BatchDone => "batch-done",
+        }
+    }
+
+    /// Gates belong to a batch, not to a node.
+    pub fn is_gate(self) -> bool {
+        matches!(self, Action::Window | Action::Quorum | Action::BatchStart | Action::BatchDone)
+    }
+}
+
+/// One step or gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Unique id: `NODE/ACTION` for node steps, `batch/BATCH/ACTION` for gates.
+    pub id: String,
+    /// The node, for node steps.
+    pub node: Option<String>,
+    /// The batch the step belongs to.
+    pub batch: Option<String>,
+    /// What the step does.
+    pub action: Action,
+    /// For `dns-repoint`: the service node the record is pointed at meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// A DAG of steps; an edge `a → b` means `b` starts only after `a` finished.
+#[derive(Debug, Clone, Default)]
+pub struct StepGraph {
+    pub(crate) graph: DiGraph<Step, ()>,
+}
+
+impl StepGraph {
+    /// Steps in insertion order, which is batch order, then node order, then chain order.
+    pub fn steps(&self) -> impl Iterator<Item = (NodeIndex, &Step)> {
+        self.graph.node_indices().map(|i| (i, &self.graph[i]))
+    }
+
+    /// The number of steps and gates.
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    /// Whether there is no step at all.
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    /// The step at an index.
+    pub fn step(&self, index: NodeIndex) -> &Step {
+        &self.graph[index]
+    }
+
+    /// Direct predecessors of a step, in a stable order.
+    pub fn predecessors(&self, index: NodeIndex) -> Vec<NodeIndex> {
+        let mut p: Vec<NodeIndex> = self.graph.neighbors_directed(index, Direction::Incoming).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// Direct successors of a step, in a stable order.
+    pub fn successors(&self, index: NodeIndex) -> Vec<NodeIndex> {
+        let mut s: Vec<NodeIndex> = self.graph.neighbors_directed(index, Direction::Outgoing).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    /// The number of dependency edges.
+    pub fn edge_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    pub(crate) fn add(&mut self, step: Step) -> NodeIndex {
+        self.graph.add_node(step)
+    }
+
+    pub(crate) fn depend(&mut self, before: NodeIndex, after: NodeIndex) {
+        self.graph.update_edge(before, after, ());
+    }
+}

@@ -1,0 +1,168 @@
+//! From a validated plan to a step graph, and its renderings. Pure: no I/O, no clock, no
+//! async; plain tests and proptest cover it.
+
+pub mod build;
+pub mod estimate;
+pub mod graph;
+pub mod invariants;
+pub mod render;
+
+pub use build::{Planned, build};
+pub use graph::{Action, Step, StepGraph};
+
+/// Why a plan cannot be turned into a graph.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlannerError {
+    /// A batch selects nodes by label and no cluster inventory was given to resolve it.
+    #[error(
+        "batch `{batch}` selects its nodes with `{selector}`, which needs the cluster's node list; until preview can read one, list the batch's nodes by name"
+    )]
+    UnresolvedSelector {
+        /// The batch.
+        batch: String,
+        /// Its selector.
+        selector: String,
+    },
+    /// Too few etcd members to take any out of service.
+    #[error(
+        "{members} etcd member(s) cannot lose any member without losing quorum, but the plan takes {service_nodes} service node(s) out of service"
+    )]
+    NoQuorumBudget {
+        /// etcd members counted.
+        members: usize,
+        /// Service nodes in the plan.
+        service_nodes: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::Write;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::plan;
+
+    fn load(text: &str) -> plan::Plan {
+        let checked = plan::check_str("test.yaml", text);
+        let errors: Vec<String> = checked.diagnostics.iter().map(ToString::to_string).collect();
+        checked.plan.unwrap_or_else(|| panic!("invalid plan: {errors:#?}\n{text}"))
+    }
+
+    fn example(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/plans/{name}", env!("CARGO_MANIFEST_DIR"))).expect("example plan")
+    }
+
+    #[test]
+    fn example_plans_with_named_nodes_satisfy_every_invariant() {
+        for name in
+            ["servicelb-round-robin.yaml", "servicelb-single-record.yaml", "external-lb.yaml", "large-facility.yaml"]
+        {
+            let plan = load(&example(name));
+            let planned = build(&plan).expect("plans");
+            assert_eq!(invariants::violations(&plan, &planned.graph), Vec::<String>::new(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_checker_catches_a_missing_quorum_edge() {
+        let plan = load(&example("servicelb-round-robin.yaml"));
+        let mut planned = build(&plan).expect("plans");
+        let g = &mut planned.graph.graph;
+        let cp1_restore = g.node_indices().find(|&i| g[i].id == "cp1/dns-restore").expect("step");
+        let cp2_withdraw = g.node_indices().find(|&i| g[i].id == "cp2/dns-withdraw").expect("step");
+        let edge = g.find_edge(cp1_restore, cp2_withdraw).expect("quorum edge");
+        g.remove_edge(edge);
+        let found = invariants::violations(&plan, &planned.graph);
+        assert!(found.iter().any(|v| v.contains("etcd members can be out of service at once")), "{found:?}");
+    }
+
+    #[test]
+    fn the_checker_catches_a_batch_exceeding_max_unavailable() {
+        let plan = load(&example("external-lb.yaml"));
+        let mut planned = build(&plan).expect("plans");
+        let g = &mut planned.graph.graph;
+        let a = g.node_indices().find(|&i| g[i].id == "gpu-01/uncordon").expect("step");
+        let b = g.node_indices().find(|&i| g[i].id == "gpu-02/cordon").expect("step");
+        let edge = g.find_edge(a, b).expect("lane edge");
+        g.remove_edge(edge);
+        let found = invariants::violations(&plan, &planned.graph);
+        assert!(found.iter().any(|v| v.contains("batch `pool-gpu` can have 2 nodes out of service")), "{found:?}");
+    }
+
+    #[test]
+    fn selector_batches_need_an_inventory() {
+        let plan = load(&example("cilium-bgp.yaml"));
+        assert!(matches!(build(&plan), Err(PlannerError::UnresolvedSelector { .. })));
+    }
+
+    /// A random valid plan: 3–7 service nodes, 1–4 workstation batches of 1–12 nodes with
+    /// counts or percentages, `after` pointing at earlier batches, any LB mode and strategy.
+    fn arbitrary_plan() -> impl Strategy<Value = String> {
+        let batch = (
+            1usize..=12,
+            prop_oneof![(1u32..=5).prop_map(|n| n.to_string()), (1u32..=100).prop_map(|p| format!("\"{p}%\""))],
+            any::<bool>(),
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+        );
+        (
+            3usize..=7,
+            0usize..4,
+            any::<bool>(),
+            proptest::option::of(3usize..=7),
+            proptest::collection::vec(batch, 1..=4),
+            any::<bool>(),
+        )
+            .prop_map(|(service, mode, single_record, endpoints, batches, window)| {
+                let mode = ["servicelb", "cilium-bgp", "cilium-l2", "external"][mode];
+                let mut y = String::from("apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: random}\nspec:\n");
+                let _ = writeln!(y, "  loadBalancer:\n    mode: {mode}");
+                if mode == "servicelb" {
+                    let strategy = if single_record { "single-record" } else { "round-robin" };
+                    let _ = writeln!(y, "    dns: {{name: juno.example., strategy: {strategy}, provider: {{manual: {{}}}}, resolvers: [\"127.0.0.1:53\"]}}");
+                }
+                let members = endpoints.unwrap_or(service).max(service);
+                if endpoints.is_some() {
+                    let list: Vec<String> = (0..members).map(|i| format!("http://127.0.0.1:{}", 2379 + i)).collect();
+                    let _ = writeln!(y, "  quorum: {{etcd: {{endpoints: [{}]}}}}", list.join(", "));
+                }
+                if window {
+                    y.push_str("  window: {cron: \"0 22 * * 5\", duration: 8h, timezone: Europe/London}\n");
+                }
+                y.push_str("  defaults: {upgrade: {command: [upgrade, \"{node}\"]}}\n  batches:\n");
+                let budget = (members - 1) / 2;
+                let service_nodes: Vec<String> = (0..service).map(|i| format!("cp{i}")).collect();
+                let _ = writeln!(y, "    - {{name: cp, role: service, nodes: [{}], maxUnavailable: {}}}", service_nodes.join(", "), budget.max(1));
+                for (b, (size, max_unavailable, approve, after, explicit_after)) in batches.iter().enumerate() {
+                    let nodes: Vec<String> = (0..*size).map(|i| format!("ws{b}-{i}")).collect();
+                    let _ = write!(y, "    - {{name: b{b}, role: workstation, nodes: [{}], maxUnavailable: {max_unavailable}", nodes.join(", "));
+                    if *approve {
+                        y.push_str(", uncordon: approve");
+                    }
+                    if *explicit_after {
+                        let target = after.index(b + 1);
+                        let name = if target == 0 { "cp".to_owned() } else { format!("b{}", target - 1) };
+                        let _ = write!(y, ", after: [{name}]");
+                    }
+                    y.push_str("}\n");
+                }
+                y
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_plans_give_safe_graphs(text in arbitrary_plan()) {
+            let plan = load(&text);
+            let planned = build(&plan).expect("plans");
+            let found = invariants::violations(&plan, &planned.graph);
+            prop_assert!(found.is_empty(), "{found:#?}\n{text}");
+            let nodes: usize = planned.batches.iter().map(|b| b.nodes.len()).sum();
+            prop_assert_eq!(planned.chains.len(), nodes);
+        }
+    }
+}

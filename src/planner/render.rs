@@ -1,0 +1,339 @@
+//! Renderings of a planned rollout: text for review, JSON for tools, DOT and Mermaid for
+//! pictures. Each returns a `String`; printing is the CLI's job.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::build::Planned;
+use super::estimate::{CriticalPath, critical_path};
+use super::graph::Action;
+use crate::plan::Plan;
+use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
+use crate::plan::resolved::DnsProviderPlan;
+
+/// The JSON contract: `{"plan", "steps": [{"id", "node", "batch", "action", "after"}]}`.
+#[derive(Debug, Serialize)]
+pub struct JsonPreview<'a> {
+    /// The plan's name.
+    pub plan: &'a str,
+    /// Every step and gate.
+    pub steps: Vec<JsonStep<'a>>,
+}
+
+/// One step in the JSON contract.
+#[derive(Debug, Serialize)]
+pub struct JsonStep<'a> {
+    /// Unique id.
+    pub id: &'a str,
+    /// The node, or null for gates.
+    pub node: Option<&'a str>,
+    /// The batch.
+    pub batch: Option<&'a str>,
+    /// The action name.
+    pub action: Action,
+    /// Ids of the direct predecessors.
+    pub after: Vec<&'a str>,
+    /// For dns-repoint: where the record points meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
+}
+
+/// The JSON preview.
+pub fn json(plan: &Plan, planned: &Planned) -> Result<String, serde_json::Error> {
+    let g = &planned.graph;
+    let steps = g
+        .steps()
+        .map(|(i, s)| JsonStep {
+            id: &s.id,
+            node: s.node.as_deref(),
+            batch: s.batch.as_deref(),
+            action: s.action,
+            after: g.predecessors(i).into_iter().map(|p| g.step(p).id.as_str()).collect(),
+            target: s.target.as_deref(),
+        })
+        .collect();
+    serde_json::to_string_pretty(&JsonPreview { plan: &plan.name, steps })
+}
+
+/// Graphviz DOT: one cluster per batch, one box per step.
+pub fn dot(plan: &Plan, planned: &Planned) -> String {
+    let g = &planned.graph;
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph {:?} {{", plan.name);
+    out.push_str("  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\", fontsize=10];\n");
+    for (b, batch) in planned.batches.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{b} {{\n    label={:?};",
+            format!("{} ({})", batch.name, role_name(batch.role))
+        );
+        for (i, s) in g.steps().filter(|(_, s)| s.batch.as_deref() == Some(batch.name.as_str())) {
+            let shape = if s.action.is_gate() { ", shape=diamond" } else { "" };
+            let _ = writeln!(out, "    s{} [label={:?}{shape}];", i.index(), label(s.node.as_deref(), s.action));
+        }
+        out.push_str("  }\n");
+    }
+    for (i, _) in g.steps() {
+        for p in g.predecessors(i) {
+            let _ = writeln!(out, "  s{} -> s{};", p.index(), i.index());
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Mermaid flowchart: one subgraph per batch.
+pub fn mermaid(planned: &Planned) -> String {
+    let g = &planned.graph;
+    let mut out = String::from("flowchart LR\n");
+    for (b, batch) in planned.batches.iter().enumerate() {
+        let _ = writeln!(out, "  subgraph b{b}[\"{} ({})\"]", batch.name, role_name(batch.role));
+        for (i, s) in g.steps().filter(|(_, s)| s.batch.as_deref() == Some(batch.name.as_str())) {
+            let text = label(s.node.as_deref(), s.action).replace('\n', "<br/>");
+            if s.action.is_gate() {
+                let _ = writeln!(out, "    s{}{{\"{text}\"}}", i.index());
+            } else {
+                let _ = writeln!(out, "    s{}[\"{text}\"]", i.index());
+            }
+        }
+        out.push_str("  end\n");
+    }
+    for (i, _) in g.steps() {
+        for p in g.predecessors(i) {
+            let _ = writeln!(out, "  s{} --> s{}", p.index(), i.index());
+        }
+    }
+    out
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Service => "service",
+        Role::Workstation => "workstation",
+    }
+}
+
+fn label(node: Option<&str>, action: Action) -> String {
+    match node {
+        Some(node) => format!("{node}\n{}", action.name()),
+        None => action.name().to_owned(),
+    }
+}
+
+/// The review text: batches → waves → nodes with their steps, DNS changes, the critical
+/// path and an estimated duration.
+pub fn text(plan: &Plan, planned: &Planned) -> String {
+    let mut out = String::new();
+    let nodes: usize = planned.batches.iter().map(|b| b.nodes.len()).sum();
+    let _ = writeln!(
+        out,
+        "plan {}: {} batch(es), {nodes} node(s), {} steps",
+        plan.name,
+        planned.batches.len(),
+        planned.graph.len()
+    );
+    if let Some(d) = &plan.description {
+        let _ = writeln!(out, "  {d}");
+    }
+    let _ = writeln!(out, "load balancer: {}", mode_text(plan));
+    let q = planned.quorum;
+    let source = match q.source {
+        super::build::MemberSource::EtcdEndpoints => "from quorum.etcd.endpoints, health read from etcd",
+        super::build::MemberSource::ServiceNodes => {
+            "counted from the plan's service nodes, health from Ready etcd-role nodes"
+        }
+    };
+    let _ = writeln!(
+        out,
+        "quorum: {} etcd member(s), {source}; at most {} service node(s) out at once",
+        q.members, q.limit
+    );
+    if let Some(w) = &plan.window {
+        let _ = writeln!(out, "window: `{}` for {} ({})", w.cron_text, human(w.duration), w.timezone_name);
+    }
+    let chain_by_node: HashMap<&str, &super::build::NodeChain> =
+        planned.chains.iter().map(|c| (c.node.as_str(), c)).collect();
+    for batch in &planned.batches {
+        let after =
+            if batch.after.is_empty() { "start".to_owned() } else { format!("after {}", batch.after.join(", ")) };
+        let _ = writeln!(
+            out,
+            "\nbatch {} ({}, {} node(s), {} at a time, {after})",
+            batch.name,
+            role_name(batch.role),
+            batch.nodes.len(),
+            batch.lanes
+        );
+        for (w, wave) in batch.nodes.chunks(batch.lanes.max(1)).enumerate() {
+            let _ = writeln!(out, "  wave {}: {}", w + 1, wave.join(", "));
+        }
+        if let Some(first) = batch.nodes.first().and_then(|n| chain_by_node.get(n.as_str())) {
+            let _ = writeln!(out, "  steps per node: {}", chain_text(planned, first));
+        }
+        for node in &batch.nodes {
+            let chain = chain_by_node[node.as_str()];
+            let first = batch.nodes.first().map(|n| chain_by_node[n.as_str()]);
+            if first.is_some_and(|f| actions(planned, f) != actions(planned, chain)) {
+                let _ = writeln!(out, "  {node}: {}", chain_text(planned, chain));
+            }
+        }
+    }
+    let dns = dns_changes(plan, planned);
+    if !dns.is_empty() {
+        out.push_str("\nDNS changes (nsupdate syntax, in the order they are made):\n");
+        out.push_str(&dns);
+    }
+    let path: CriticalPath = critical_path(plan, &planned.graph);
+    let nodes_on_path: Vec<&str> = {
+        let mut seen: Vec<&str> = Vec::new();
+        for &i in &path.steps {
+            if let Some(n) = planned.graph.step(i).node.as_deref()
+                && seen.last() != Some(&n)
+            {
+                seen.push(n);
+            }
+        }
+        seen
+    };
+    let _ = writeln!(
+        out,
+        "\ncritical path: {} node(s) one after another: {}",
+        nodes_on_path.len(),
+        abbreviate(&nodes_on_path)
+    );
+    let _ = writeln!(
+        out,
+        "estimated duration: {} (typical step durations; `noderoll rehearse` measures real ones)",
+        human(path.duration)
+    );
+    out
+}
+
+fn actions(planned: &Planned, chain: &super::build::NodeChain) -> Vec<Action> {
+    chain.steps.iter().map(|&i| planned.graph.step(i).action).collect()
+}
+
+fn chain_text(planned: &Planned, chain: &super::build::NodeChain) -> String {
+    chain
+        .steps
+        .iter()
+        .map(|&i| {
+            let s = planned.graph.step(i);
+            match &s.target {
+                Some(t) => format!("{}(→ {t})", s.action.name()),
+                None => s.action.name().to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+fn mode_text(plan: &Plan) -> String {
+    let lb = &plan.load_balancer;
+    match lb.mode {
+        LoadBalancerMode::Servicelb => {
+            let dns = lb.dns.as_ref();
+            let record = dns.map_or("?", |d| d.name.as_str());
+            let strategy = match dns.map(|d| d.strategy) {
+                Some(DnsStrategy::SingleRecord) => "single record, repointed",
+                _ => "round-robin, each service node's record withdrawn",
+            };
+            let provider = match dns.map(|d| &d.provider) {
+                Some(DnsProviderPlan::Rfc2136 { server, key_name, .. }) => {
+                    format!("RFC 2136 to {server}, TSIG key {key_name}")
+                }
+                Some(DnsProviderPlan::Manual) => "manual, operator makes each change".to_owned(),
+                Some(DnsProviderPlan::Command { .. }) => "command hooks".to_owned(),
+                None => "?".to_owned(),
+            };
+            format!("servicelb; DNS {record} ({strategy}; {provider})")
+        }
+        LoadBalancerMode::CiliumBgp => {
+            let label = lb.bgp_label.as_ref().map_or(String::new(), |l| match &l.value {
+                Some(v) => format!("{}={v}", l.key),
+                None => l.key.clone(),
+            });
+            format!("cilium-bgp; routes withdrawn by removing node label {label} after drain")
+        }
+        LoadBalancerMode::CiliumL2 => {
+            "cilium-l2; announcements released after drain, graceful shutdown in the hook".into()
+        }
+        LoadBalancerMode::External => "external; the load balancer fails over by itself".into(),
+    }
+}
+
+/// The exact record changes, nsupdate-style. Addresses come from `dns.addresses`, else they
+/// are read from the Node at run time and shown as such.
+fn dns_changes(plan: &Plan, planned: &Planned) -> String {
+    let Some(dns) = &plan.load_balancer.dns else { return String::new() };
+    let ttl = dns.ttl.map_or_else(|| "TTL".to_owned(), |t| t.to_string());
+    let address = |node: &str| {
+        dns.addresses.get(node).map_or_else(|| format!("<{:?} of {node}>", dns.address_type), |ip| ip.to_string())
+    };
+    let kind = |node: &str| match dns.addresses.get(node) {
+        Some(std::net::IpAddr::V6(_)) => "AAAA",
+        _ => "A",
+    };
+    let mut out = String::new();
+    for chain in &planned.chains {
+        for &i in &chain.steps {
+            let s = planned.graph.step(i);
+            let node = chain.node.as_str();
+            let name = &dns.name;
+            match s.action {
+                Action::DnsWithdraw => {
+                    let _ = writeln!(out, "  [{}] update delete {name} {} {}", s.id, kind(node), address(node));
+                }
+                Action::DnsRestore if dns.strategy == DnsStrategy::RoundRobin => {
+                    let _ = writeln!(out, "  [{}] update add {name} {ttl} {} {}", s.id, kind(node), address(node));
+                }
+                Action::DnsRepoint => {
+                    let target = s.target.as_deref().unwrap_or("?");
+                    let _ = writeln!(
+                        out,
+                        "  [{}] update delete {name} {}\n  [{}] update add {name} {ttl} {} {}   (record assumed on {node}; checked before the change)",
+                        s.id,
+                        kind(node),
+                        s.id,
+                        kind(target),
+                        address(target)
+                    );
+                }
+                Action::DnsRestore => {
+                    let _ = writeln!(
+                        out,
+                        "  [{}] update delete {name} {}\n  [{}] update add {name} {ttl} {} {}",
+                        s.id,
+                        kind(node),
+                        s.id,
+                        kind(node),
+                        address(node)
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn abbreviate(nodes: &[&str]) -> String {
+    if nodes.len() <= 8 {
+        nodes.join(" → ")
+    } else {
+        format!("{} → … → {}", nodes[..4].join(" → "), nodes[nodes.len() - 3..].join(" → "))
+    }
+}
+
+/// `1h 05m`, `12m 30s`, `45s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}
