@@ -65,29 +65,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_checker_catches_a_missing_quorum_edge() {
-        let plan = load(&example("servicelb-round-robin.yaml"));
+    /// Plans an example, removes the edge `from → to`, and returns what the checker finds.
+    fn violations_without_edge(example_name: &str, from: &str, to: &str) -> Vec<String> {
+        let plan = load(&example(example_name));
         let mut planned = build(&plan).expect("plans");
         let g = &mut planned.graph.graph;
-        let cp1_restore = g.node_indices().find(|&i| g[i].id == "cp1/dns-restore").expect("step");
-        let cp2_withdraw = g.node_indices().find(|&i| g[i].id == "cp2/dns-withdraw").expect("step");
-        let edge = g.find_edge(cp1_restore, cp2_withdraw).expect("quorum edge");
+        let find = |id: &str| g.node_indices().find(|&i| g[i].id == id).expect("step");
+        let edge = g.find_edge(find(from), find(to)).expect("edge");
         g.remove_edge(edge);
-        let found = invariants::violations(&plan, &planned.graph);
+        invariants::violations(&plan, &planned.graph)
+    }
+
+    #[test]
+    fn the_checker_catches_a_missing_quorum_edge() {
+        let found = violations_without_edge("servicelb-round-robin.yaml", "cp1/dns-restore", "cp2/dns-withdraw");
         assert!(found.iter().any(|v| v.contains("etcd members can be out of service at once")), "{found:?}");
     }
 
     #[test]
     fn the_checker_catches_a_batch_exceeding_max_unavailable() {
-        let plan = load(&example("external-lb.yaml"));
-        let mut planned = build(&plan).expect("plans");
-        let g = &mut planned.graph.graph;
-        let a = g.node_indices().find(|&i| g[i].id == "gpu-01/uncordon").expect("step");
-        let b = g.node_indices().find(|&i| g[i].id == "gpu-02/cordon").expect("step");
-        let edge = g.find_edge(a, b).expect("lane edge");
-        g.remove_edge(edge);
-        let found = invariants::violations(&plan, &planned.graph);
+        let found = violations_without_edge("external-lb.yaml", "gpu-01/uncordon", "gpu-02/cordon");
         assert!(found.iter().any(|v| v.contains("batch `pool-gpu` can have 2 nodes out of service")), "{found:?}");
     }
 
