@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     let color = use_color(cli.color);
     match cli.command {
         Command::Check { plans, output } => check(&plans, output, color),
-        Command::Preview { plan, output } => preview(&plan, output),
+        Command::Preview { plan, output } => preview(&plan, output, color),
         Command::Schema => {
             println!("{}", schema_json()?);
             Ok(exit_code::SUCCESS)
@@ -176,11 +176,11 @@ fn check(paths: &[PathBuf], output: OutputFormat, color: bool) -> Result<i32> {
     Ok(if invalid > 0 { exit_code::INVALID_PLAN } else { exit_code::SUCCESS })
 }
 
-fn preview(path: &std::path::Path, output: PreviewFormat) -> Result<i32> {
+fn preview(path: &std::path::Path, output: PreviewFormat, color: bool) -> Result<i32> {
     let checked = plan::check_file(path);
     let Some(plan) = checked.plan else { return Err(Error::InvalidPlan(checked.diagnostics)) };
     if !checked.diagnostics.is_empty() {
-        eprint!("{}", render_diagnostics(&checked.diagnostics, use_color(ColorChoice::Auto)));
+        eprint!("{}", render_diagnostics(&checked.diagnostics, color));
     }
     let planned =
         planner::build(&plan).map_err(|source| Error::Planner { path: path.display().to_string(), source })?;

@@ -190,6 +190,12 @@ impl MaxUnavailable {
     }
 }
 
+/// How many of `members` etcd members may be out of service while the rest keep quorum
+/// (floor(members/2) + 1 must stay up): floor((members - 1) / 2).
+pub fn etcd_fault_tolerance(members: usize) -> usize {
+    members.saturating_sub(1) / 2
+}
+
 /// Effective per-step settings of a batch.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -865,7 +865,7 @@ impl Checker<'_> {
                 return;
             }
         };
-        let budget = (members.saturating_sub(1)) / 2;
+        let budget = super::resolved::etcd_fault_tolerance(members);
         for b in service {
             let size = b.nodes.as_ref().map_or(members, |n| n.value.len());
             let max_unavailable = match &b.max_unavailable {

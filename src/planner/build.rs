@@ -15,7 +15,7 @@ use petgraph::graph::NodeIndex;
 use super::PlannerError;
 use super::graph::{Action, Step, StepGraph};
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
-use crate::plan::resolved::{BatchPlan, Members, Plan};
+use crate::plan::resolved::{BatchPlan, Members, Plan, etcd_fault_tolerance};
 
 /// The steps of one node, in order, and where its chain starts and ends.
 #[derive(Debug, Clone)]
@@ -240,7 +240,7 @@ fn quorum_budget(plan: &Plan, service_nodes: usize) -> Result<QuorumBudget, Plan
         Some(etcd) if !etcd.endpoints.is_empty() => (etcd.endpoints.len(), MemberSource::EtcdEndpoints),
         _ => (service_nodes, MemberSource::ServiceNodes),
     };
-    let mut limit = members.saturating_sub(1) / 2;
+    let mut limit = etcd_fault_tolerance(members);
     let round_robin = plan.load_balancer.dns.as_ref().is_some_and(|d| d.strategy == DnsStrategy::RoundRobin);
     if round_robin {
         limit = limit.min(service_nodes.saturating_sub(1));

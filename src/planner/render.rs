@@ -170,13 +170,12 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
         for (w, wave) in batch.nodes.chunks(batch.lanes.max(1)).enumerate() {
             let _ = writeln!(out, "  wave {}: {}", w + 1, wave.join(", "));
         }
-        if let Some(first) = batch.nodes.first().and_then(|n| chain_by_node.get(n.as_str())) {
-            let _ = writeln!(out, "  steps per node: {}", chain_text(planned, first));
-        }
-        for node in &batch.nodes {
+        let Some(first) = batch.nodes.first().map(|n| chain_by_node[n.as_str()]) else { continue };
+        let _ = writeln!(out, "  steps per node: {}", chain_text(planned, first));
+        let usual = actions(planned, first);
+        for node in &batch.nodes[1..] {
             let chain = chain_by_node[node.as_str()];
-            let first = batch.nodes.first().map(|n| chain_by_node[n.as_str()]);
-            if first.is_some_and(|f| actions(planned, f) != actions(planned, chain)) {
+            if actions(planned, chain) != usual {
                 let _ = writeln!(out, "  {node}: {}", chain_text(planned, chain));
             }
         }
