@@ -29,6 +29,17 @@ pub enum Error {
         #[source]
         source: crate::planner::PlannerError,
     },
+    /// The simulator cannot start.
+    #[error(transparent)]
+    Sim(#[from] crate::sim::SimError),
+    /// Talking to a Kubernetes API server failed.
+    #[error("cannot {context}: {message}")]
+    Client {
+        /// What was being done.
+        context: String,
+        /// Why it failed, as the client or the server said.
+        message: String,
+    },
     /// Serializing output failed.
     #[error("cannot produce JSON output")]
     Json(#[from] serde_json::Error),
@@ -39,7 +50,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidPlan(_) | Error::Planner { .. } => exit_code::INVALID_PLAN,
-            Error::Io { .. } | Error::Json(_) => exit_code::FAILURE,
+            Error::Io { .. } | Error::Json(_) | Error::Sim(_) | Error::Client { .. } => exit_code::FAILURE,
         }
     }
 }

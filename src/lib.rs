@@ -6,9 +6,11 @@
 //! that prints. `main.rs` only maps the result to an exit code.
 
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod exit_code;
 pub mod plan;
 pub mod planner;
+pub mod sim;
 
 pub use error::{Error, Result};

