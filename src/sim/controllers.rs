@@ -635,29 +635,42 @@ fn daemonset(cluster: &mut Cluster, key: &Key, uid: &str, value: &Value) {
 
 /// Places waiting pods on the least-loaded node that is Ready, not cordoned, tolerated and
 /// selected; pods that fit nowhere get `PodScheduled=False` and wait.
+///
+/// Pods with the same nodeSelector and tolerations share one candidate heap per pass, so
+/// placing 150,000 sessions costs one scan of the nodes, not one per pod.
 fn schedule(cluster: &mut Cluster) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     let pending: Vec<Key> = cluster.index.pending.iter().cloned().collect();
+    let mut heaps: HashMap<String, BinaryHeap<Reverse<(usize, String)>>> = HashMap::new();
     for key in pending {
         let Some(pod) = cluster.store.get(idx::PODS, &key) else {
             cluster.index.pending.remove(&key);
             continue;
         };
         let value = pod.value();
-        let tolerations = value["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
-        let load = |name: &str| cluster.index.node_pods.get(name).map_or(0, BTreeSet::len);
-        let choice = cluster
-            .index
-            .nodes
-            .iter()
-            .filter(|(name, n)| {
-                n.ready
-                    && !n.unschedulable
-                    && load(name) < n.max_pods
-                    && node_selector_matches(&value["spec"], n)
-                    && tolerates(&tolerations, n, &[])
-            })
-            .min_by_key(|(name, _)| (load(name), (*name).clone()))
-            .map(|(name, _)| name.clone());
+        let spec = &value["spec"];
+        let signature = format!("{}|{}", spec["nodeSelector"], spec["tolerations"]);
+        let index = &cluster.index;
+        let heap = heaps.entry(signature).or_insert_with(|| {
+            let tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+            index
+                .nodes
+                .iter()
+                .filter(|(_, n)| {
+                    n.ready && !n.unschedulable && node_selector_matches(spec, n) && tolerates(&tolerations, n, &[])
+                })
+                .map(|(name, _)| Reverse((index.node_pods.get(name).map_or(0, BTreeSet::len), name.clone())))
+                .collect()
+        });
+        let mut choice = None;
+        while let Some(Reverse((load, name))) = heap.pop() {
+            if cluster.index.nodes.get(&name).is_some_and(|n| load < n.max_pods) {
+                heap.push(Reverse((load + 1, name.clone())));
+                choice = Some(name);
+                break;
+            }
+        }
         let now = rfc3339(cluster.now());
         match choice {
             Some(node) => {

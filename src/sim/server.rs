@@ -47,6 +47,9 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: wa
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // Watch events are small writes; without this, Nagle's algorithm and the
+                // client's delayed ACK hold each one back for about 40 ms.
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let service = service_fn(move |request| respond(shared.clone(), request));
                 let connection = hyper::server::conn::http1::Builder::new()
