@@ -230,3 +230,99 @@ async fn deletion_waits_for_the_grace_period() {
     assert!(pods.get_opt(&name).await.expect("get").is_none(), "grace 0 deletes at once");
     sim.simulator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_configmaps_and_events_keep_optimistic_concurrency() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Event};
+    use kube::api::PostParams;
+    let sim = start(SimConfig::default(), small()).await;
+    let leases: Api<Lease> = Api::namespaced(sim.client.clone(), "kube-system");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "noderoll-plan"}, "spec": {"holderIdentity": "apply-1", "leaseDurationSeconds": 30}
+    }))
+    .expect("lease");
+    let created = leases.create(&PostParams::default(), &lease).await.expect("create");
+    let again = leases.create(&PostParams::default(), &lease).await.expect_err("exists");
+    assert!(matches!(again, kube::Error::Api(s) if s.is_already_exists()));
+    let mut mine = created.clone();
+    mine.spec.as_mut().expect("spec").holder_identity = Some("apply-2".into());
+    leases.replace("noderoll-plan", &PostParams::default(), &mine).await.expect("update with the current version");
+    let stale = leases.replace("noderoll-plan", &PostParams::default(), &created).await.expect_err("stale version");
+    assert!(matches!(stale, kube::Error::Api(s) if s.is_conflict()));
+    let holder = leases.get("noderoll-plan").await.expect("get").spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("apply-2"));
+
+    let maps: Api<ConfigMap> = Api::namespaced(sim.client.clone(), "default");
+    let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "m"}, "data": {"k": "v"}})).expect("cm");
+    maps.create(&PostParams::default(), &map).await.expect("create configmap");
+    let missing_ns: Api<ConfigMap> = Api::namespaced(sim.client.clone(), "nope");
+    let error = missing_ns.create(&PostParams::default(), &map).await.expect_err("no such namespace");
+    assert!(matches!(error, kube::Error::Api(s) if s.is_not_found()));
+
+    let events: Api<Event> = Api::namespaced(sim.client.clone(), "default");
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"generateName": "ws01."}, "involvedObject": {"kind": "Node", "name": "ws01"},
+        "reason": "Cordoned", "message": "noderoll cordoned ws01", "type": "Normal"
+    }))
+    .expect("event");
+    let posted = events.create(&PostParams::default(), &event).await.expect("create event");
+    assert!(posted.metadata.name.is_some_and(|n| n.starts_with("ws01.") && n.len() == 10));
+    let found =
+        events.list(&ListParams::default().fields("involvedObject.name=ws01,reason=Cordoned")).await.expect("list");
+    assert_eq!(found.items.len(), 1);
+    sim.simulator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_gives_the_same_cluster_and_advancing_time_fires_timers() {
+    let names = |sim: &Running| {
+        let pods: Api<Pod> = Api::all(sim.client.clone());
+        async move {
+            let mut names: Vec<String> = pods
+                .list(&ListParams::default())
+                .await
+                .expect("list")
+                .items
+                .into_iter()
+                .filter_map(|p| p.metadata.uid)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let config = || SimConfig { seed: 42, time_scale: 1.0, ..SimConfig::default() };
+    let first = start(config(), small()).await;
+    let second = start(config(), small()).await;
+    assert_eq!(names(&first).await, names(&second).await, "same seed, same uids");
+    let sessions: Api<Pod> = Api::namespaced(first.client.clone(), "juno-sessions");
+    let before: Vec<String> = sessions
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let request = http::Request::post("/sim/v1/clock/advance").body(br#"{"by": "3h"}"#.to_vec()).expect("request");
+    first.client.request_text(request).await.expect("advance");
+    // Every session lives at most 2 h, so each has ended and is terminating; a minute on,
+    // its 30 s grace is over and it is gone; a minute later still, past the 30 s reconnect
+    // delay, its user has started a new one.
+    for _ in 0..2 {
+        let request = http::Request::post("/sim/v1/clock/advance").body(br#"{"by": "1m"}"#.to_vec()).expect("request");
+        first.client.request_text(request).await.expect("advance");
+    }
+    let after: Vec<String> = sessions
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(after.len(), before.len(), "as many sessions as before");
+    assert!(after.iter().all(|n| !before.contains(n)), "every session was replaced: {before:?} -> {after:?}");
+    first.simulator.stop().await;
+    second.simulator.stop().await;
+}
