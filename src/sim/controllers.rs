@@ -17,7 +17,7 @@ use super::clock::rfc3339;
 use super::cluster::{Cluster, Timer};
 use super::resources::{RESOURCES, idx};
 use super::selection::selector_matches;
-use super::store::{Event, EventType, Key, Meta};
+use super::store::{Event, EventType, Key, Meta, Object};
 
 /// Tolerations every DaemonSet pod gets, as the DaemonSet controller adds them.
 const DAEMONSET_TOLERATIONS: &[&str] = &[
@@ -131,17 +131,13 @@ fn fire(cluster: &mut Cluster, timer: Timer) {
     }
 }
 
-fn node_info(value: &Value) -> NodeInfo {
-    let meta_labels = value["metadata"]["labels"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
-        .unwrap_or_default();
+/// Readiness and labels come from the store's index; the rest is read from the node.
+fn node_info(node: &Object) -> NodeInfo {
+    let value = node.value();
     NodeInfo {
-        ready: value["status"]["conditions"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")),
+        ready: node.meta.ready,
         unschedulable: value["spec"]["unschedulable"].as_bool().unwrap_or(false),
-        labels: meta_labels,
+        labels: node.meta.labels.clone(),
         taints: value["spec"]["taints"].as_array().cloned().unwrap_or_default(),
         max_pods: value["status"]["allocatable"]["pods"].as_str().and_then(|p| p.parse().ok()).unwrap_or(110),
     }
@@ -186,7 +182,7 @@ fn observe_node(cluster: &mut Cluster, event: &Event) {
         cluster.index.daemonsets_dirty = true;
         return;
     }
-    let info = node_info(&event.object.value());
+    let info = node_info(&event.object);
     if old.as_ref() == Some(&info) {
         return;
     }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::cluster::Cluster;
 use super::resources::{self, RESOURCES, idx};
 use super::selection::selector_matches;
+use super::store::string_map;
 
 /// Why a snapshot cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -155,10 +156,7 @@ fn rebuild_replicasets(by_resource: &HashMap<usize, Vec<Value>>) -> Vec<Value> {
             continue;
         }
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        let labels: std::collections::BTreeMap<String, String> = pod["metadata"]["labels"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
-            .unwrap_or_default();
+        let labels = string_map(&pod["metadata"]["labels"]);
         let Some(deployment) = deployments
             .iter()
             .find(|d| d["metadata"]["namespace"] == namespace && selector_matches(&d["spec"]["selector"], &labels))

@@ -42,11 +42,6 @@ impl Meta {
     fn of(rt: &ResourceType, value: &Value, resource_version: u64) -> Meta {
         let metadata = &value["metadata"];
         let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-        let map = |v: &Value| -> BTreeMap<String, String> {
-            v.as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
-                .unwrap_or_default()
-        };
         let controller = metadata["ownerReferences"].as_array().and_then(|refs| {
             refs.iter()
                 .find(|r| r["controller"].as_bool() == Some(true))
@@ -57,8 +52,8 @@ impl Meta {
             namespace: text(&metadata["namespace"]),
             uid: text(&metadata["uid"]),
             resource_version,
-            labels: map(&metadata["labels"]),
-            annotations: map(&metadata["annotations"]),
+            labels: string_map(&metadata["labels"]),
+            annotations: string_map(&metadata["annotations"]),
             fields: rt.fields.iter().map(|path| field_value(value, path)).collect(),
             deleting: !metadata["deletionTimestamp"].is_null(),
             ready: value["status"]["conditions"]
@@ -80,6 +75,14 @@ impl Meta {
             _ => rt.fields.iter().position(|f| *f == label).map(|i| self.fields[i].as_str()),
         }
     }
+}
+
+/// A JSON object of strings (labels, annotations) as a map; anything else is empty.
+pub(crate) fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default()
 }
 
 /// A field's value as field selectors compare it: strings as they are, booleans and numbers

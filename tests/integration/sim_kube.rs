@@ -274,6 +274,16 @@ async fn leases_configmaps_and_events_keep_optimistic_concurrency() {
     sim.simulator.stop().await;
 }
 
+async fn pod_names(pods: &Api<Pod>) -> Vec<String> {
+    pods.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|p| p.metadata.name).collect()
+}
+
+async fn advance(client: &kube::Client, by: &str) {
+    let body = serde_json::to_vec(&json!({"by": by})).expect("json");
+    let request = http::Request::post("/sim/v1/clock/advance").body(body).expect("request");
+    client.request_text(request).await.expect("advance");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_gives_the_same_cluster_and_advancing_time_fires_timers() {
     let names = |sim: &Running| {
@@ -296,31 +306,15 @@ async fn a_seed_gives_the_same_cluster_and_advancing_time_fires_timers() {
     let second = start(config(), small()).await;
     assert_eq!(names(&first).await, names(&second).await, "same seed, same uids");
     let sessions: Api<Pod> = Api::namespaced(first.client.clone(), "juno-sessions");
-    let before: Vec<String> = sessions
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    let request = http::Request::post("/sim/v1/clock/advance").body(br#"{"by": "3h"}"#.to_vec()).expect("request");
-    first.client.request_text(request).await.expect("advance");
+    let before = pod_names(&sessions).await;
+    advance(&first.client, "3h").await;
     // Every session lives at most 2 h, so each has ended and is terminating; a minute on,
     // its 30 s grace is over and it is gone; a minute later still, past the 30 s reconnect
     // delay, its user has started a new one.
     for _ in 0..2 {
-        let request = http::Request::post("/sim/v1/clock/advance").body(br#"{"by": "1m"}"#.to_vec()).expect("request");
-        first.client.request_text(request).await.expect("advance");
+        advance(&first.client, "1m").await;
     }
-    let after: Vec<String> = sessions
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
+    let after = pod_names(&sessions).await;
     assert_eq!(after.len(), before.len(), "as many sessions as before");
     assert!(after.iter().all(|n| !before.contains(n)), "every session was replaced: {before:?} -> {after:?}");
     first.simulator.stop().await;
