@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client> {
     let failed =
         |context: String| move |e: kube::config::KubeconfigError| Error::Client { context, message: e.to_string() };
-    let mut config = match kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let shown = path.display();
             let file = Kubeconfig::read_from(path).map_err(failed(format!("read the kubeconfig {shown}")))?;
@@ -23,6 +23,19 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client> {
             .await
             .map_err(|e| Error::Client { context: "find a kubeconfig".into(), message: e.to_string() })?,
     };
+    client_for(config)
+}
+
+/// A client for an API server URL with no credentials (the in-process simulator).
+pub fn for_url(url: &str) -> Result<kube::Client> {
+    let uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Client {
+        context: format!("use the URL {url}"),
+        message: e.to_string(),
+    })?;
+    client_for(kube::Config::new(uri))
+}
+
+fn client_for(mut config: kube::Config) -> Result<kube::Client> {
     // kube-rs retries 429s by itself, up to 15 times with backoff growing to minutes. An
     // eviction's 429 is the PDB saying no, which the caller must see at once (to watch the
     // budget, or report it), so noderoll retries what it chooses, itself.

@@ -40,6 +40,12 @@ pub enum Error {
         /// Why it failed, as the client or the server said.
         message: String,
     },
+    /// A rollout cannot start or go on.
+    #[error(transparent)]
+    Exec(crate::executor::ExecError),
+    /// The plan needs something this version cannot do yet.
+    #[error("{0}")]
+    Unsupported(String),
     /// Serializing output failed.
     #[error("cannot produce JSON output")]
     Json(#[from] serde_json::Error),
@@ -50,7 +56,20 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidPlan(_) | Error::Planner { .. } => exit_code::INVALID_PLAN,
-            Error::Io { .. } | Error::Json(_) | Error::Sim(_) | Error::Client { .. } => exit_code::FAILURE,
+            Error::Exec(e) => match e {
+                crate::executor::ExecError::Lock(crate::executor::lock::LockError::Held { .. }) => exit_code::LOCKED,
+                crate::executor::ExecError::PlanChanged { .. }
+                | crate::executor::ExecError::Journal(crate::executor::journal::JournalError::Corrupt { .. }) => {
+                    exit_code::JOURNAL_MISMATCH
+                }
+                crate::executor::ExecError::Planner(_) | crate::executor::ExecError::MissingNodes { .. } => {
+                    exit_code::INVALID_PLAN
+                }
+                _ => exit_code::FAILURE,
+            },
+            Error::Io { .. } | Error::Json(_) | Error::Sim(_) | Error::Client { .. } | Error::Unsupported(_) => {
+                exit_code::FAILURE
+            }
         }
     }
 }

@@ -9,3 +9,12 @@ pub const USAGE: i32 = 2;
 /// Something outside the plan failed: a file could not be read or written, output could not
 /// be produced.
 pub const FAILURE: i32 = 3;
+/// A rollout halted: a step failed, no new node was started, and the journal says which
+/// nodes are left cordoned. Running `apply` again resumes.
+pub const HALTED: i32 = 4;
+/// Another rollout of the plan holds the lock.
+pub const LOCKED: i32 = 5;
+/// The journal belongs to a different version of the plan (or is damaged).
+pub const JOURNAL_MISMATCH: i32 = 6;
+/// The rollout was interrupted (SIGINT / SIGTERM); running `apply` again resumes.
+pub const INTERRUPTED: i32 = 130;

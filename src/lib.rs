@@ -8,9 +8,12 @@
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod executor;
 pub mod exit_code;
+pub mod labels;
 pub mod plan;
 pub mod planner;
+pub mod rehearse;
 pub mod sim;
 
 pub use error::{Error, Result};

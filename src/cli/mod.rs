@@ -1,5 +1,7 @@
 //! Command-line arguments and output rendering: the only module that prints.
 
+mod progress;
+mod rollout;
 mod sim;
 
 use std::io::{IsTerminal, Write};
@@ -47,6 +49,14 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = PreviewFormat::Text)]
         output: PreviewFormat,
     },
+    /// Run (or resume) a rollout against the cluster.
+    Apply(rollout::ApplyArgs),
+    /// Run the whole plan against a simulated cluster and report makespan and blockers.
+    Rehearse(rollout::RehearseArgs),
+    /// Show where a rollout stands, from its journal.
+    Status(rollout::StatusArgs),
+    /// Approve nodes waiting in an `uncordon: approve` step.
+    Approve(rollout::ApproveArgs),
     /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
     Schema,
     /// The Kubernetes API simulator that stands in for a cluster in tests and rehearsals.
@@ -125,6 +135,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(exit_code::SUCCESS)
         }
         Command::Sim { command } => sim::run(command),
+        Command::Apply(args) => rollout::apply(args),
+        Command::Rehearse(args) => rollout::rehearse(args),
+        Command::Status(args) => rollout::status(&args),
+        Command::Approve(args) => rollout::approve(&args),
     }
 }
 

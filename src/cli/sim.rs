@@ -129,6 +129,7 @@ impl ServeArgs {
                 service_replicas: self.service_replicas,
                 kubelet_version: self.kubelet_version.clone(),
                 os_image: self.os_image.clone(),
+                named: Vec::new(),
             }),
         };
         (config, population)

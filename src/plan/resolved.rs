@@ -143,6 +143,39 @@ pub struct WindowPlan {
     pub on_end: WindowEndPolicy,
 }
 
+/// Whether a window is open at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    /// Open; it closes then.
+    Open {
+        /// When this window closes.
+        closes: jiff::Timestamp,
+    },
+    /// Closed; the next one opens then.
+    Closed {
+        /// When the next window opens.
+        opens: jiff::Timestamp,
+    },
+}
+
+impl WindowPlan {
+    /// The window's state at `at`, read in the plan's time zone (so a window at 22:00
+    /// stays at 22:00 local time across DST changes). `None` if the cron expression never
+    /// fires again.
+    pub fn state_at(&self, at: jiff::Timestamp) -> Option<WindowState> {
+        let now = at.to_zoned(self.timezone.clone());
+        let span = jiff::SignedDuration::try_from(self.duration).ok()?;
+        if let Ok(previous) = self.cron.find_previous_occurrence(&now, true) {
+            let closes = previous.timestamp().checked_add(span).ok()?;
+            if at < closes {
+                return Some(WindowState::Open { closes });
+            }
+        }
+        let next = self.cron.find_next_occurrence(&now, false).ok()?;
+        Some(WindowState::Closed { opens: next.timestamp() })
+    }
+}
+
 /// A validated batch.
 #[derive(Debug, Clone)]
 pub struct BatchPlan {

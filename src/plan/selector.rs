@@ -316,6 +316,19 @@ impl std::str::FromStr for Selector {
 }
 
 impl Selector {
+    /// The smallest label set that satisfies the selector: each `=`/`in` key with its
+    /// first value, each existence key with `true`. A rehearsal labels generated nodes so.
+    pub fn example_labels(&self) -> BTreeMap<String, String> {
+        self.requirements
+            .iter()
+            .filter_map(|r| match r.op {
+                Operator::Equals | Operator::In => r.values.first().map(|v| (r.key.clone(), v.clone())),
+                Operator::Exists => Some((r.key.clone(), "true".to_owned())),
+                Operator::NotEquals | Operator::NotIn | Operator::DoesNotExist => None,
+            })
+            .collect()
+    }
+
     /// Whether a set of labels satisfies every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| {

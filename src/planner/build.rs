@@ -8,7 +8,7 @@
 //!   `q = floor((n - 1) / 2)` for `n` etcd members (and at most `s - 1` for a round-robin
 //!   record set of `s` service nodes, so it is never emptied).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use petgraph::graph::NodeIndex;
 
@@ -90,9 +90,21 @@ pub enum MemberSource {
     ServiceNodes,
 }
 
+/// The cluster's nodes with their labels, to resolve selector batches against.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Node name → labels.
+    pub nodes: BTreeMap<String, BTreeMap<String, String>>,
+}
+
 /// Builds the step graph of a plan whose batches all list their nodes.
 pub fn build(plan: &Plan) -> Result<Planned, PlannerError> {
-    let batches = resolve_batches(plan)?;
+    build_with(plan, None)
+}
+
+/// Builds the step graph, resolving selector batches against `inventory` when given.
+pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned, PlannerError> {
+    let batches = resolve_batches(plan, inventory)?;
     let order = batch_order(plan);
     let service_nodes: Vec<(usize, &String)> = order
         .iter()
@@ -190,17 +202,43 @@ pub fn build(plan: &Plan) -> Result<Planned, PlannerError> {
     Ok(Planned { graph, batches, chains, quorum, record_target })
 }
 
-fn resolve_batches(plan: &Plan) -> Result<Vec<PlannedBatch>, PlannerError> {
+/// Every batch's nodes. A selector takes the inventory's matching nodes in name order,
+/// except nodes another batch lists by name or selects first: a node is upgraded once.
+fn resolve_batches(plan: &Plan, inventory: Option<&Inventory>) -> Result<Vec<PlannedBatch>, PlannerError> {
+    let mut claimed: HashMap<String, String> = HashMap::new();
+    for b in &plan.batches {
+        if let Members::Nodes(nodes) = &b.members {
+            claimed.extend(nodes.iter().map(|n| (n.clone(), b.name.clone())));
+        }
+    }
     plan.batches
         .iter()
         .map(|b: &BatchPlan| {
-            let nodes = match &b.members {
-                Members::Nodes(nodes) => nodes.clone(),
-                Members::Selector(selector) => {
+            let nodes = match (&b.members, inventory) {
+                (Members::Nodes(nodes), _) => nodes.clone(),
+                (Members::Selector(selector), None) => {
                     return Err(PlannerError::UnresolvedSelector {
                         batch: b.name.clone(),
                         selector: selector.to_string(),
                     });
+                }
+                (Members::Selector(selector), Some(inventory)) => {
+                    let mut nodes = Vec::new();
+                    for (name, labels) in &inventory.nodes {
+                        if !selector.matches(labels) {
+                            continue;
+                        }
+                        if let Some(other) = claimed.get(name) {
+                            return Err(PlannerError::NodeInTwoBatches {
+                                node: name.clone(),
+                                first: other.clone(),
+                                second: b.name.clone(),
+                            });
+                        }
+                        nodes.push(name.clone());
+                    }
+                    claimed.extend(nodes.iter().map(|n| (n.clone(), b.name.clone())));
+                    nodes
                 }
             };
             Ok(PlannedBatch {

@@ -7,7 +7,7 @@ pub mod graph;
 pub mod invariants;
 pub mod render;
 
-pub use build::{Planned, build};
+pub use build::{Inventory, Planned, build, build_with};
 pub use graph::{Action, Step, StepGraph};
 
 /// Why a plan cannot be turned into a graph.
@@ -22,6 +22,18 @@ pub enum PlannerError {
         batch: String,
         /// Its selector.
         selector: String,
+    },
+    /// A selector picks a node that another batch already has.
+    #[error(
+        "node `{node}` is in batch `{first}` and also matches the selector of batch `{second}`; narrow the selector (for example with `!label` or `label notin (...)`) so every node is in one batch"
+    )]
+    NodeInTwoBatches {
+        /// The node.
+        node: String,
+        /// The batch that has it first.
+        first: String,
+        /// The batch whose selector also matches it.
+        second: String,
     },
     /// Too few etcd members to take any out of service.
     #[error(

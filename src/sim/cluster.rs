@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use super::clock::{Clock, rfc3339};
 use super::patch::{PatchType, apply_patch};
 use super::resources::{RESOURCES, idx};
-use super::selection::selector_matches;
 use super::status::{ApiError, success};
 use super::store::{Key, Object, Store};
+use crate::labels::selector_matches;
 
 /// How the simulated cluster behaves. Durations are simulated time.
 #[derive(Debug, Clone)]

@@ -85,6 +85,7 @@ fn state(shared: &Shared) -> Value {
         "nodes": cluster.store.len(idx::NODES),
         "pods": cluster.store.len(idx::PODS),
         "faults": shared.faults().settings(),
+        "reboots": cluster.maintenance.iter().map(|(name, m)| (name.clone(), m.generation)).collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 

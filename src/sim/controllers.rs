@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use super::clock::rfc3339;
 use super::cluster::{Cluster, Timer};
 use super::resources::{RESOURCES, idx};
-use super::selection::selector_matches;
 use super::store::{Event, EventType, Key, Meta, Object};
+use crate::labels::selector_matches;
 
 /// Tolerations every DaemonSet pod gets, as the DaemonSet controller adds them.
 const DAEMONSET_TOLERATIONS: &[&str] = &[

@@ -29,6 +29,19 @@ pub struct GenerateOptions {
     pub kubelet_version: String,
     /// The OS image nodes report before their upgrade.
     pub os_image: String,
+    /// Nodes by name, as a plan names them; when not empty, it replaces the counts above.
+    pub named: Vec<NodeSpec>,
+}
+
+/// A node to generate under a given name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// The node's name.
+    pub name: String,
+    /// A control-plane (service) node rather than a workstation.
+    pub service: bool,
+    /// Labels on top of the role's own.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +54,7 @@ impl Default for GenerateOptions {
             service_replicas: 2,
             kubelet_version: "v1.31.3+k3s1".to_owned(),
             os_image: "Debian GNU/Linux 12 (bookworm)".to_owned(),
+            named: Vec::new(),
         }
     }
 }
@@ -97,22 +111,44 @@ fn workload(kind_spec: Value, name: &str, namespace: &str, labels: Value, pod_sp
     json!({"metadata": {"name": name, "namespace": namespace, "labels": labels}, "spec": spec})
 }
 
+/// `cp1`.. and `ws01`.. from the counts.
+fn numbered_nodes(options: &GenerateOptions) -> Vec<NodeSpec> {
+    let service = (1..=options.control_planes).map(|i| NodeSpec {
+        name: format!("cp{i}"),
+        service: true,
+        labels: std::collections::BTreeMap::new(),
+    });
+    let workstations = (1..=options.workstations).map(|i| NodeSpec {
+        name: workstation_name(i, options.workstations),
+        service: false,
+        labels: std::collections::BTreeMap::new(),
+    });
+    service.chain(workstations).collect()
+}
+
 /// Fills `cluster` with the generated objects; controllers create the pods on the first tick.
 pub(crate) fn populate(cluster: &mut Cluster, options: &GenerateOptions) -> Result<(), ApiError> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease", "juno", "juno-sessions"] {
         cluster.create(idx::NAMESPACES, json!({"metadata": {"name": ns}}))?;
     }
-    for i in 1..=options.control_planes {
-        let labels = json!({
-            "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
-            "node-role.kubernetes.io/master": "true", SERVICE_LABEL: "true",
-        });
-        cluster.create(idx::NODES, node(&format!("cp{i}"), &format!("10.0.0.{}", 10 + i), labels, options))?;
-    }
-    for i in 1..=options.workstations {
-        let name = workstation_name(i, options.workstations);
-        let address = format!("10.0.{}.{}", 1 + i / 250, i % 250 + 1);
-        cluster.create(idx::NODES, node(&name, &address, json!({WORKSTATION_LABEL: "true"}), options))?;
+    let nodes = if options.named.is_empty() { numbered_nodes(options) } else { options.named.clone() };
+    let (mut services, mut workstations) = (0, 0);
+    for spec in &nodes {
+        let (mut labels, address) = if spec.service {
+            services += 1;
+            let labels = json!({
+                "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
+                "node-role.kubernetes.io/master": "true", SERVICE_LABEL: "true",
+            });
+            (labels, format!("10.0.0.{}", 10 + services))
+        } else {
+            workstations += 1;
+            (json!({WORKSTATION_LABEL: "true"}), format!("10.0.{}.{}", 1 + workstations / 250, workstations % 250 + 1))
+        };
+        for (key, value) in &spec.labels {
+            labels[key] = json!(value);
+        }
+        cluster.create(idx::NODES, node(&spec.name, &address, labels, options))?;
     }
     let control_plane_toleration =
         json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]);
@@ -163,7 +199,7 @@ pub(crate) fn populate(cluster: &mut Cluster, options: &GenerateOptions) -> Resu
                    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}}),
         )?;
     }
-    for n in 0..options.sessions_per_node * options.workstations {
+    for n in 0..options.sessions_per_node * workstations {
         cluster.create(
             idx::PODS,
             json!({

@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use cluster::Behaviour;
 pub use control::{AdvanceRequest, RebootRequest, UpgradeRequest, parse_duration};
 pub use faults::FaultSettings;
-pub use generate::GenerateOptions;
+pub use generate::{GenerateOptions, NodeSpec};
 pub use snapshot::SnapshotError;
 
 use cluster::Cluster;

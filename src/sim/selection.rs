@@ -1,10 +1,5 @@
-//! Which objects a request or a controller means: label selectors (the query string form,
-//! parsed by the plan's own selector parser, and the `LabelSelector` object form used by
-//! PDBs and workloads) and field selectors.
-
-use std::collections::BTreeMap;
-
-use serde_json::Value;
+//! Which objects a list or watch means: label selectors (the query string form, parsed by
+//! the plan's own selector parser) and field selectors.
 
 use super::resources::ResourceType;
 use super::status::ApiError;
@@ -55,62 +50,10 @@ impl Filter {
     }
 }
 
-/// Whether a `LabelSelector` object (`matchLabels`, `matchExpressions`) selects `labels`.
-/// An empty selector selects everything; a missing one selects nothing, as for PDBs.
-pub(crate) fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    if selector.is_null() {
-        return false;
-    }
-    let match_labels = selector["matchLabels"].as_object().into_iter().flatten();
-    for (key, value) in match_labels {
-        if labels.get(key).map(String::as_str) != value.as_str() {
-            return false;
-        }
-    }
-    let expressions = selector["matchExpressions"].as_array().into_iter().flatten();
-    for expression in expressions {
-        let key = expression["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> =
-            expression["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let present = labels.get(key);
-        let holds = match expression["operator"].as_str().unwrap_or_default() {
-            "In" => present.is_some_and(|v| values.contains(&v.as_str())),
-            "NotIn" => present.is_none_or(|v| !values.contains(&v.as_str())),
-            "Exists" => present.is_some(),
-            "DoesNotExist" => present.is_none(),
-            _ => false,
-        };
-        if !holds {
-            return false;
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::super::resources::{RESOURCES, idx};
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
-
-    #[test]
-    fn label_selector_objects() {
-        let l = labels(&[("app", "web"), ("tier", "front")]);
-        assert!(selector_matches(&json!({}), &l));
-        assert!(!selector_matches(&Value::Null, &l));
-        assert!(selector_matches(&json!({"matchLabels": {"app": "web"}}), &l));
-        assert!(!selector_matches(&json!({"matchLabels": {"app": "db"}}), &l));
-        let expr = |op: &str, values: &[&str]| json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]});
-        assert!(selector_matches(&expr("In", &["front", "back"]), &l));
-        assert!(!selector_matches(&expr("NotIn", &["front"]), &l));
-        assert!(selector_matches(&expr("Exists", &[]), &l));
-        assert!(!selector_matches(&expr("DoesNotExist", &[]), &l));
-    }
 
     #[test]
     fn unsupported_field_labels_are_refused() {

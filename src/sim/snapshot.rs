@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::cluster::Cluster;
 use super::resources::{self, RESOURCES, idx};
-use super::selection::selector_matches;
 use super::store::string_map;
+use crate::labels::selector_matches;
 
 /// Why a snapshot cannot be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 mod check;
 mod harness;
 mod preview;
+mod rollout;
 mod schema;
 mod sim_kube;
 mod sim_kubectl;

@@ -1,0 +1,479 @@
+//! `apply`, `rehearse`, `status` and `approve`: reading arguments, asking for confirmation,
+//! choosing how progress is shown, and turning outcomes into exit codes. The work itself is
+//! [`crate::executor`] and [`crate::rehearse`].
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::OutputFormat;
+use super::progress::{Bars, JsonLines, PlainLines};
+use crate::error::{Error, Result};
+use crate::executor::event::Observer;
+use crate::executor::journal::{self, Record};
+use crate::executor::retry::Patience;
+use crate::executor::steps::{HookSettings, WindowMode};
+use crate::executor::{self, Options, Outcome};
+use crate::exit_code;
+use crate::plan::resolved::DnsProviderPlan;
+use crate::plan::{self, Plan};
+use crate::rehearse::{self, RehearseOptions, Report};
+
+/// `noderoll apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan file.
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// The cluster's kubeconfig; KUBECONFIG, ~/.kube/config or in-cluster otherwise. Hooks
+    /// get it as KUBECONFIG too.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The journal; `.noderoll/<plan>.journal` beside the plan by default.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+    /// Do not ask before the first change.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Go on with a journal written for a different version of the plan.
+    #[arg(long)]
+    pub force: bool,
+    /// Take the lock even if another run holds it (only when that run is known dead).
+    #[arg(long)]
+    pub break_lock: bool,
+    /// Namespace of the lock Lease.
+    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
+    pub lock_namespace: String,
+    /// `text`: progress bars (plain lines when stderr is not a terminal); `json`: one event
+    /// per line on stdout.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Where tracing logs go; `.noderoll/<plan>.log` beside the plan by default.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// `noderoll rehearse`.
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// The plan file.
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// Build the simulated cluster from `kubectl get nodes,pods,pdb,deploy,sts,ds -A -o yaml`
+    /// output instead of generating it from the plan's nodes.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    /// Real seconds per simulated second (0.0005 runs the cluster 2,000 times as fast).
+    #[arg(long, default_value_t = 0.0005)]
+    pub time_scale: f64,
+    /// Seeds the simulated cluster (session lifetimes, uids).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Session pods per generated workstation.
+    #[arg(long, default_value_t = 2)]
+    pub sessions_per_node: usize,
+    /// Nodes generated for each batch that selects its nodes by labels.
+    #[arg(long, default_value_t = 6)]
+    pub nodes_per_selector: usize,
+    /// Keep the journal and hook logs in this folder (a temporary one otherwise).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// `text` for people, `json`: events as JSON lines, then the report.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `noderoll status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The plan file (to find its journal).
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// The journal, if not the default one.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `noderoll approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The plan file (to find its journal).
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// Nodes to approve for uncordon.
+    #[arg(value_name = "NODE", required = true)]
+    pub nodes: Vec<String>,
+    /// The journal, if not the default one.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
+        action: "start",
+        path: "the async runtime".into(),
+        source,
+    })
+}
+
+fn load(path: &Path) -> Result<(Plan, String)> {
+    let checked = plan::check_file(path);
+    let text = checked.source.as_ref().map(|s| s.text().to_owned()).unwrap_or_default();
+    match checked.plan {
+        Some(plan) => Ok((plan, text)),
+        None => Err(Error::InvalidPlan(checked.diagnostics)),
+    }
+}
+
+fn observer(output: OutputFormat) -> Arc<dyn Observer> {
+    match output {
+        OutputFormat::Json => Arc::new(JsonLines),
+        OutputFormat::Text if std::io::stderr().is_terminal() => Arc::new(Bars::new()),
+        OutputFormat::Text => Arc::new(PlainLines),
+    }
+}
+
+fn state_dir(plan: &Path) -> PathBuf {
+    journal::default_path(plan).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn plan_stem(plan: &Path) -> String {
+    plan.file_stem().map_or_else(|| "plan".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Sends tracing output to a file; returns a guard-free setup (the file is appended to).
+fn init_tracing(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            action: "create",
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|source| Error::Io {
+        action: "open",
+        path: path.display().to_string(),
+        source,
+    })?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NODEROLL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("noderoll=debug,kube=info"));
+    // A second initialisation (tests calling run twice) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
+}
+
+/// Lines typed on a terminal approve nodes (the prompt the approve step shows).
+fn approvals_from_stdin(journal_path: PathBuf) {
+    if !std::io::stdin().is_terminal() {
+        return;
+    }
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(std::result::Result::ok) {
+            let node = line.trim().trim_start_matches("approve").trim().to_owned();
+            if node.is_empty() {
+                continue;
+            }
+            let by = format!("{} (terminal)", executor::lock::holder_identity());
+            let _ = journal::append_to_path(&journal_path, &Record::Approved { at: journal::now(), node, by });
+        }
+    });
+}
+
+fn confirm(plan: &Plan, cluster: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Unsupported(
+            "apply changes the cluster and stdin is not a terminal to confirm it; pass --yes".into(),
+        ));
+    }
+    eprint!("Roll out plan `{}` on {cluster}? This cordons, drains and upgrades nodes. [y/N] ", plan.name);
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).map_err(|source| Error::Io {
+        action: "read",
+        path: "stdin".into(),
+        source,
+    })?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// SIGINT or SIGTERM.
+pub(super) async fn interrupted() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
+}
+
+fn outcome_code(outcome: &Outcome) -> i32 {
+    match outcome {
+        Outcome::Finished => exit_code::SUCCESS,
+        Outcome::Halted { .. } => exit_code::HALTED,
+        Outcome::Interrupted => exit_code::INTERRUPTED,
+    }
+}
+
+pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
+    let (plan, text) = load(&args.plan)?;
+    if let Some(dns) = &plan.load_balancer.dns {
+        let provider = match dns.provider {
+            DnsProviderPlan::Rfc2136 { .. } => "rfc2136",
+            DnsProviderPlan::Manual => "manual",
+            DnsProviderPlan::Command { .. } => "command",
+        };
+        return Err(Error::Unsupported(format!(
+            "this version of noderoll cannot change DNS records through the `{provider}` provider yet, so it does not apply ServiceLB plans to a real cluster; `noderoll rehearse {}` runs the whole plan against a simulated cluster and record",
+            args.plan.display()
+        )));
+    }
+    let journal_path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
+    let log_file =
+        args.log_file.clone().unwrap_or_else(|| state_dir(&args.plan).join(format!("{}.log", plan_stem(&args.plan))));
+    init_tracing(&log_file)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let client = crate::client::connect(args.kubeconfig.as_deref()).await?;
+        if !args.yes && !confirm(&plan, "the cluster of the current kubeconfig context")? {
+            eprintln!("nothing changed");
+            return Ok(exit_code::SUCCESS);
+        }
+        let mut env = Vec::new();
+        if let Some(path) = &args.kubeconfig {
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            env.push(("KUBECONFIG".into(), absolute.into_os_string()));
+        }
+        let options = Options {
+            journal: journal_path.clone(),
+            force: args.force,
+            break_lock: args.break_lock,
+            lock_namespace: args.lock_namespace.clone(),
+            time_scale: 1.0,
+            patience: Patience::default(),
+            windows: WindowMode::Wait,
+            hooks: HookSettings {
+                log_dir: state_dir(&args.plan).join(format!("{}.logs", plan_stem(&args.plan))),
+                env,
+                ..HookSettings::default()
+            },
+        };
+        approvals_from_stdin(journal_path);
+        let outcome = executor::apply(client, plan, &text, &options, None, observer(args.output), interrupted())
+            .await
+            .map_err(Error::Exec)?;
+        Ok(outcome_code(&outcome))
+    })
+}
+
+pub(super) fn rehearse(args: RehearseArgs) -> Result<i32> {
+    let (plan, text) = load(&args.plan)?;
+    let temporary;
+    let workdir = match &args.keep {
+        Some(dir) => dir.clone(),
+        None => {
+            temporary = tempfile::Builder::new()
+                .prefix("noderoll-rehearse-")
+                .tempdir()
+                .map_err(|source| Error::Io { action: "create", path: "a temporary folder".into(), source })?;
+            temporary.path().to_owned()
+        }
+    };
+    let program = std::env::current_exe().map_err(|source| Error::Io {
+        action: "find",
+        path: "the noderoll executable".into(),
+        source,
+    })?;
+    let options = RehearseOptions {
+        snapshot: args.snapshot.clone(),
+        time_scale: args.time_scale,
+        seed: args.seed,
+        sessions_per_node: args.sessions_per_node,
+        nodes_per_selector: args.nodes_per_selector,
+        workdir,
+        program,
+    };
+    init_tracing(&options.workdir.join("noderoll.log"))?;
+    let report =
+        runtime()?.block_on(rehearse::rehearse(plan, &text, &options, observer(args.output), interrupted()))?;
+    match args.output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?)
+        }
+        OutputFormat::Text => print!("{}", render_report(&report, args.keep.is_some())),
+    }
+    Ok(match report.outcome.as_str() {
+        "finished" => exit_code::SUCCESS,
+        "interrupted" => exit_code::INTERRUPTED,
+        _ => exit_code::HALTED,
+    })
+}
+
+fn render_report(report: &Report, kept: bool) -> String {
+    let mut out = String::new();
+    let line = |out: &mut String, text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(&mut out, format!("\nRehearsal of `{}`: {}", report.plan, report.outcome));
+    line(
+        &mut out,
+        format!(
+            "  makespan      {} simulated ({:.1} s real), {} node(s)",
+            rehearse::simulated(report.simulated_seconds),
+            report.real_seconds,
+            report.nodes
+        ),
+    );
+    if let Some(windows) = report.windows_needed {
+        line(&mut out, format!("  windows       at least {windows} maintenance window(s)"));
+    }
+    let once = report.reboots.values().filter(|r| **r == 1).count();
+    line(&mut out, format!("  upgrades      {} node(s) rebooted, {once} exactly once", report.reboots.len()));
+    if let Some(dns) = &report.dns {
+        let show = |a: &[std::net::IpAddr]| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        line(
+            &mut out,
+            format!(
+                "  dns           {}: {} change(s), never fewer than {} address(es); before [{}], after [{}]",
+                dns.record,
+                dns.changes,
+                dns.fewest,
+                show(&dns.initial),
+                show(&dns.last)
+            ),
+        );
+    }
+    if report.approvals > 0 {
+        line(
+            &mut out,
+            format!(
+                "  approvals     {} given by the rehearsal (a real rollout waits for `noderoll approve`)",
+                report.approvals
+            ),
+        );
+    }
+    if !report.slowest_steps.is_empty() {
+        line(&mut out, "  slowest steps".into());
+        for s in &report.slowest_steps {
+            line(&mut out, format!("    {:<32} {}", s.step, rehearse::simulated(s.seconds)));
+        }
+    }
+    if report.blockers.is_empty() {
+        line(&mut out, "  blockers      none".into());
+    } else {
+        line(&mut out, "  blockers".into());
+        for b in &report.blockers {
+            line(&mut out, format!("    {b}"));
+        }
+    }
+    if kept {
+        line(&mut out, format!("  journal       {}", report.journal));
+    }
+    out
+}
+
+pub(super) fn status(args: &StatusArgs) -> Result<i32> {
+    let path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
+    let replay = journal::read(&path).map_err(|e| Error::Exec(e.into()))?;
+    if replay.records.is_empty() {
+        return Err(Error::Unsupported(format!(
+            "no rollout has started: the journal {} does not exist or is empty",
+            path.display()
+        )));
+    }
+    let mut nodes = Vec::new();
+    for batch in &replay.batches {
+        for node in &batch.nodes {
+            let prefix = format!("{node}/");
+            let failed = replay.failed.iter().find(|(s, _)| s.starts_with(&prefix));
+            let in_flight = replay.in_flight.keys().find(|s| s.starts_with(&prefix));
+            let finished: Vec<&String> = replay.finished.keys().filter(|s| s.starts_with(&prefix)).collect();
+            let cordoned = replay.finished.contains_key(&format!("{node}/cordon"))
+                && !replay.finished.contains_key(&format!("{node}/uncordon"));
+            let (state, detail) = if let Some((step, error)) = failed {
+                ("failed", format!("{step}: {error}"))
+            } else if let Some(step) = in_flight {
+                ("in-progress", step.clone())
+            } else if finished.iter().any(|s| s.ends_with("/uncordon")) && !cordoned {
+                let total_done = finished.len();
+                ("done", format!("{total_done} step(s)"))
+            } else if finished.is_empty() {
+                ("pending", String::new())
+            } else {
+                ("in-progress", format!("after {}", finished.iter().max_by_key(|s| s.len()).map_or("", |s| s.as_str())))
+            };
+            nodes.push(serde_json::json!({"node": node, "batch": batch.name, "state": state, "detail": detail, "cordoned": cordoned}));
+        }
+    }
+    let last = match replay.records.last() {
+        Some(Record::Finished { .. }) => "finished",
+        Some(Record::Halted { .. }) => "halted",
+        Some(Record::Interrupted { .. }) => "interrupted",
+        _ => "running or killed",
+    };
+    let count = |state: &str| nodes.iter().filter(|n| n["state"] == state).count();
+    let summary = serde_json::json!({
+        "plan": replay.plan_name, "journal": path.display().to_string(), "last": last,
+        "nodes": nodes.len(), "done": count("done"), "inProgress": count("in-progress"),
+        "failed": count("failed"), "pending": count("pending"),
+        "cordoned": nodes.iter().filter(|n| n["cordoned"] == true).map(|n| n["node"].clone()).collect::<Vec<_>>(),
+    });
+    match args.output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "nodes": nodes}))?)
+        }
+        OutputFormat::Text => {
+            println!(
+                "plan `{}`: {last}; {} of {} node(s) done, {} in progress, {} failed, {} pending",
+                replay.plan_name.unwrap_or_default(),
+                summary["done"],
+                summary["nodes"],
+                summary["inProgress"],
+                summary["failed"],
+                summary["pending"]
+            );
+            for n in &nodes {
+                let cordoned = if n["cordoned"] == true { " (cordoned)" } else { "" };
+                println!(
+                    "  {:<16} {:<12} {:<12}{cordoned} {}",
+                    n["node"].as_str().unwrap_or_default(),
+                    n["batch"].as_str().unwrap_or_default(),
+                    n["state"].as_str().unwrap_or_default(),
+                    n["detail"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
+    let path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
+    let replay = journal::read(&path).map_err(|e| Error::Exec(e.into()))?;
+    let known: Vec<&String> = replay.batches.iter().flat_map(|b| &b.nodes).collect();
+    for node in &args.nodes {
+        if !known.is_empty() && !known.contains(&node) {
+            return Err(Error::Unsupported(format!("node `{node}` is not part of the rollout in {}", path.display())));
+        }
+        let by = executor::lock::holder_identity();
+        journal::append_to_path(&path, &Record::Approved { at: journal::now(), node: node.clone(), by })
+            .map_err(|e| Error::Exec(e.into()))?;
+        println!("approved {node}: the running apply uncordons it once its earlier steps are done");
+    }
+    Ok(exit_code::SUCCESS)
+}

@@ -1,0 +1,135 @@
+//! What a rollout reports as it goes. The executor emits these to an [`Observer`]; the CLI
+//! draws them as progress bars or streams them as JSON lines (`--output json`), and
+//! `rehearse` keeps them to measure the run.
+
+use serde::Serialize;
+
+use crate::planner::Action;
+
+/// One thing that happened, in the JSON-lines contract of `apply --output json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The run began.
+    #[serde(rename_all = "camelCase")]
+    Started {
+        /// Plan name.
+        plan: String,
+        /// Journal path.
+        journal: String,
+        /// Batches with their node counts, in plan order.
+        batches: Vec<BatchSize>,
+        /// Steps in the graph.
+        steps: usize,
+        /// Steps already done by earlier runs.
+        done: usize,
+        /// Whether this run resumes an earlier one.
+        resumed: bool,
+    },
+    /// A step began.
+    StepStarted {
+        /// Step id.
+        step: String,
+        /// Node, for node steps.
+        node: Option<String>,
+        /// Batch.
+        batch: Option<String>,
+        /// Action.
+        action: Action,
+    },
+    /// A running step has news (pods left, a PDB blocking, a wait).
+    StepProgress {
+        /// Step id.
+        step: String,
+        /// Node, for node steps.
+        node: Option<String>,
+        /// What is going on.
+        message: String,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Step id.
+        step: String,
+        /// Node, for node steps.
+        node: Option<String>,
+        /// Batch.
+        batch: Option<String>,
+        /// Action.
+        action: Action,
+        /// Real seconds it took.
+        seconds: f64,
+    },
+    /// A step failed.
+    StepFailed {
+        /// Step id.
+        step: String,
+        /// Node, for node steps.
+        node: Option<String>,
+        /// Why.
+        error: String,
+    },
+    /// A node waits for `noderoll approve NODE` before it is uncordoned.
+    AwaitingApproval {
+        /// The approve step.
+        step: String,
+        /// The node.
+        node: String,
+    },
+    /// A node went through its whole chain.
+    NodeDone {
+        /// The node.
+        node: String,
+        /// Its batch.
+        batch: String,
+    },
+    /// Something the operator should know that does not stop the run.
+    Warning {
+        /// What.
+        message: String,
+    },
+    /// A step failed: no new node started, running ones finished.
+    Halted {
+        /// The failed steps and why.
+        failed: Vec<Failure>,
+        /// Nodes left cordoned.
+        cordoned: Vec<String>,
+        /// What the operator should do next.
+        next: String,
+    },
+    /// SIGINT or SIGTERM stopped the run.
+    Interrupted {
+        /// Steps that were running.
+        running: Vec<String>,
+    },
+    /// Every step is done.
+    Finished {
+        /// Real seconds this run took.
+        seconds: f64,
+        /// Nodes in the plan.
+        nodes: usize,
+    },
+}
+
+/// A batch and its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchSize {
+    /// Batch name.
+    pub name: String,
+    /// Nodes in it.
+    pub nodes: usize,
+}
+
+/// A failed step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// Step id.
+    pub step: String,
+    /// Why.
+    pub error: String,
+}
+
+/// Receives a rollout's events as they happen.
+pub trait Observer: Send + Sync {
+    /// One event; must not block for long.
+    fn event(&self, event: &Event);
+}

@@ -1,0 +1,417 @@
+//! drain: evict the node's pods through the Eviction API, all at once, and wait for them to
+//! be gone, with watches where `kubectl drain` polls.
+//!
+//! - One watch on the node's pods gives the pod list to evict and every deletion after it
+//!   (kubectl GETs each pod every second until it is gone).
+//! - A 429 that names a disruption budget parks the pod until a watch on PDBs shows that
+//!   budget allowing a disruption again (kubectl sleeps 5 s and retries); a slow fallback
+//!   retry covers a missed event.
+//! - Any other 429 (API throttling), 5xx or dropped connection is retried with backoff.
+//! - When it gives up, it names every pod still there and the budget that holds it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::{Stream, future};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Api;
+use kube::api::{DeleteParams, EvictParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::sessions::{is_terminal, pod_key, sample, uid};
+use super::{Context, StepError, human};
+use crate::executor::retry;
+use crate::labels::selector_matches;
+use crate::plan::resolved::DrainPlan;
+use crate::planner::Step;
+
+/// Evictions in flight at once.
+const CONCURRENT_EVICTIONS: usize = 64;
+/// Plan time between retries of a pod a budget holds, if no PDB event came.
+const BLOCKED_FALLBACK: Duration = Duration::from_secs(30);
+
+/// A pod to evict.
+#[derive(Debug, Clone)]
+struct Target {
+    namespace: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl Target {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where each pod to evict stands.
+#[derive(Debug, Default)]
+struct Progress {
+    /// uid → pod, for every pod not yet gone.
+    targets: BTreeMap<String, Target>,
+    /// Waiting for an eviction call (first try or retry).
+    queue: VecDeque<String>,
+    /// Retries due at an instant (throttling, server errors).
+    later: Vec<(Instant, String)>,
+    /// Held by a budget: uid → the budgets (`namespace/name`).
+    blocked: BTreeMap<String, BTreeSet<String>>,
+    /// Evicted, terminating: uid → when the eviction was accepted.
+    terminating: BTreeMap<String, Instant>,
+    /// Attempts per uid, for backoff.
+    attempts: BTreeMap<String, u32>,
+}
+
+impl Progress {
+    fn gone(&mut self, uid: &str) {
+        self.targets.remove(uid);
+        self.blocked.remove(uid);
+        self.terminating.remove(uid);
+        self.queue.retain(|u| u != uid);
+        self.later.retain(|(_, u)| u != uid);
+    }
+
+    fn retry_later(&mut self, uid: String, pause: Duration) {
+        let attempt = self.attempts.entry(uid.clone()).or_default();
+        *attempt += 1;
+        let backoff = Duration::from_millis(100).saturating_mul(1 << (*attempt).min(6)).min(Duration::from_secs(5));
+        self.later.push((Instant::now() + pause.max(backoff), uid));
+    }
+}
+
+/// The node's pods sorted by what the drain does with them.
+#[derive(Debug, Default)]
+struct Classified {
+    /// uid, pod, already terminating.
+    evict: Vec<(String, Target, bool)>,
+    /// DaemonSet and mirror pods, pods outside `podSelector`.
+    left: Vec<String>,
+    /// Pods the plan's settings forbid evicting, with the setting to change.
+    refused: Vec<String>,
+}
+
+/// Classifies the node's pods: what to evict, what to leave, what makes the drain refuse.
+fn classify(pods: Vec<Pod>, settings: &DrainPlan) -> Classified {
+    let Classified { mut evict, mut left, mut refused } = Classified::default();
+    for pod in pods {
+        let key = pod_key(&pod);
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let owner = pod.metadata.owner_references.as_ref().and_then(|o| o.iter().find(|r| r.controller == Some(true)));
+        let daemon_set = owner.is_some_and(|o| o.kind == "DaemonSet");
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let empty_dir =
+            pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
+        let mirror = annotations.contains_key("kubernetes.io/config.mirror");
+        if mirror || (daemon_set && settings.ignore_daemon_sets) {
+            left.push(key);
+        } else if daemon_set {
+            refused.push(format!("{key} (DaemonSet pod; set drain.ignoreDaemonSets: true to leave it)"));
+        } else if settings.pod_selector.as_ref().is_some_and(|s| !s.matches(&labels)) {
+            left.push(key);
+        } else if empty_dir && !settings.delete_empty_dir_data && !is_terminal(&pod) {
+            refused.push(format!("{key} (emptyDir data would be lost; set drain.deleteEmptyDirData: true)"));
+        } else {
+            let deleting = pod.metadata.deletion_timestamp.is_some();
+            let target = Target {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                labels,
+            };
+            evict.push((uid(&pod), target, deleting));
+        }
+    }
+    Classified { evict, left, refused }
+}
+
+/// A stream's next item, or never when there is no stream yet.
+async fn next_of<S: Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
+        Some(s) => s.next().await,
+        None => future::pending().await,
+    }
+}
+
+/// What one eviction call came to.
+enum Evicted {
+    Accepted,
+    Gone,
+    Budget(String),
+    Throttled(Duration),
+    Transient(String),
+    Refused(String),
+}
+
+async fn evict(client: kube::Client, target: Target, grace: Option<Duration>) -> Evicted {
+    let params = EvictParams {
+        delete_options: grace.map(|g| DeleteParams {
+            grace_period_seconds: Some(u32::try_from(g.as_secs()).unwrap_or(u32::MAX)),
+            ..DeleteParams::default()
+        }),
+        ..EvictParams::default()
+    };
+    match Api::<Pod>::namespaced(client, &target.namespace).evict(&target.name, &params).await {
+        Ok(_) => Evicted::Accepted,
+        Err(kube::Error::Api(status)) if status.code == 404 => Evicted::Gone,
+        Err(kube::Error::Api(status)) if status.code == 429 => {
+            let budget = status
+                .details
+                .as_ref()
+                .and_then(|d| d.causes.iter().find(|c| c.reason == "DisruptionBudget"))
+                .map(|c| c.message.clone());
+            match budget {
+                Some(message) => Evicted::Budget(message),
+                None => Evicted::Throttled(Duration::from_secs(1)),
+            }
+        }
+        Err(kube::Error::Api(status)) if status.message.contains("more than one PodDisruptionBudget") => {
+            Evicted::Refused(format!("{}: {}", target.key(), status.message))
+        }
+        Err(e) if retry::is_transient(&e) => Evicted::Transient(e.to_string()),
+        Err(e) => Evicted::Refused(format!("{}: {e}", target.key())),
+    }
+}
+
+/// Drains the step's node.
+pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> Result<Value, StepError> {
+    let node = step.node.as_deref().unwrap_or_default();
+    let started = Instant::now();
+    let deadline = tokio::time::sleep(ctx.real(settings.timeout));
+    tokio::pin!(deadline);
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let mut pods = std::pin::pin!(watcher(api.clone(), config).default_backoff());
+    let mut budgets_stream: Option<_> = None;
+    let mut budgets: BTreeMap<String, (Value, i32)> = BTreeMap::new();
+    let mut budget_listing: Option<BTreeMap<String, (Value, i32)>> = None;
+    let mut listing: Option<Vec<Pod>> = Some(Vec::new());
+    let mut progress = Progress::default();
+    let mut initial: Option<(usize, Vec<String>)> = None;
+    let mut in_flight = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(ctx.real(Duration::from_secs(1)).max(Duration::from_millis(10)));
+    let mut fallback = Instant::now() + ctx.real(BLOCKED_FALLBACK);
+    let mut reported = String::new();
+    loop {
+        if let Some(&(count, _)) = initial.as_ref() {
+            while in_flight.len() < CONCURRENT_EVICTIONS {
+                let Some(uid) = progress.queue.pop_front() else { break };
+                let Some(target) = progress.targets.get(&uid).cloned() else { continue };
+                let grace = settings.grace_period;
+                let client = ctx.client.clone();
+                in_flight.push(async move { (uid, evict(client, target, grace).await) });
+            }
+            if progress.targets.is_empty() {
+                let left = initial.take().map(|(_, l)| l).unwrap_or_default();
+                return Ok(json!({"evicted": count, "leftAlone": left, "seconds": started.elapsed().as_secs_f64()}));
+            }
+            let status = format!(
+                "{} pod(s) left: {} terminating, {} held by a disruption budget",
+                progress.targets.len(),
+                progress.terminating.len(),
+                progress.blocked.len()
+            );
+            if status != reported {
+                ctx.progress(step, &status);
+                reported = status;
+            }
+        }
+        tokio::select! {
+            () = &mut deadline => return Err(give_up(node, settings, &progress, &budgets)),
+            event = pods.next() => match event {
+                Some(Ok(watcher::Event::Init)) => listing = Some(Vec::new()),
+                Some(Ok(watcher::Event::InitApply(pod))) => listing.get_or_insert_with(Vec::new).push(pod),
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let listed = listing.take().unwrap_or_default();
+                    if initial.is_none() {
+                        let Classified { evict, left, refused } = classify(listed, settings);
+                        if !refused.is_empty() {
+                            return Err(StepError::Drain(format!(
+                                "cannot drain {node}: {} pod(s) cannot be evicted under the plan's drain settings: {}",
+                                refused.len(),
+                                sample(refused)
+                            )));
+                        }
+                        for (uid, target, deleting) in evict {
+                            if deleting {
+                                progress.terminating.insert(uid.clone(), Instant::now());
+                            } else {
+                                progress.queue.push_back(uid.clone());
+                            }
+                            progress.targets.insert(uid, target);
+                        }
+                        initial = Some((progress.targets.len(), left));
+                    } else {
+                        // After a re-list: whatever is no longer there is gone.
+                        let present: BTreeSet<String> = listed.iter().map(uid).collect();
+                        let vanished: Vec<String> = progress.targets.keys().filter(|u| !present.contains(*u)).cloned().collect();
+                        for u in vanished {
+                            progress.gone(&u);
+                        }
+                    }
+                }
+                Some(Ok(watcher::Event::Delete(pod))) => progress.gone(&uid(&pod)),
+                Some(Ok(watcher::Event::Apply(_))) => {}
+                Some(Err(e)) => tracing::debug!(node, error = %e, "pod watch error; the watcher retries"),
+                None => return Err(StepError::Drain(format!("the pod watch on {node} ended unexpectedly"))),
+            },
+            Some((uid, outcome)) = in_flight.next(), if !in_flight.is_empty() => match outcome {
+                Evicted::Accepted => {
+                    progress.blocked.remove(&uid);
+                    progress.terminating.insert(uid, Instant::now());
+                }
+                Evicted::Gone => progress.gone(&uid),
+                Evicted::Budget(message) => {
+                    let Some(target) = progress.targets.get(&uid) else { continue };
+                    let holding = holding_budgets(&budgets, target);
+                    let holding = if holding.is_empty() { BTreeSet::from([message]) } else { holding };
+                    tracing::debug!(pod = target.key(), budgets = ?holding, "eviction held by a disruption budget");
+                    progress.blocked.insert(uid, holding);
+                    if budgets_stream.is_none() {
+                        let pdbs: Api<PodDisruptionBudget> = Api::all(ctx.client.clone());
+                        budgets_stream = Some(Box::pin(watcher(pdbs, watcher::Config::default()).default_backoff()));
+                    }
+                }
+                Evicted::Throttled(pause) => progress.retry_later(uid, pause),
+                Evicted::Transient(error) => {
+                    tracing::debug!(node, error, "eviction failed, retrying");
+                    progress.retry_later(uid, Duration::ZERO);
+                }
+                Evicted::Refused(message) => return Err(StepError::Drain(format!("cannot drain {node}: {message}"))),
+            },
+            event = next_of(&mut budgets_stream) => {
+                let mut released = Vec::new();
+                match event {
+                    Some(Ok(watcher::Event::Init)) => budget_listing = Some(BTreeMap::new()),
+                    Some(Ok(watcher::Event::InitApply(pdb))) => {
+                        let (key, entry) = budget_entry(&pdb);
+                        budget_listing.get_or_insert_with(BTreeMap::new).insert(key, entry);
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        budgets = budget_listing.take().unwrap_or_default();
+                        released.extend(budgets.iter().filter(|(_, (_, allowed))| *allowed > 0).map(|(k, _)| k.clone()));
+                        // Pods parked before the budgets were known: name their budgets now.
+                        for (uid, holding) in &mut progress.blocked {
+                            if let Some(target) = progress.targets.get(uid) {
+                                let named = holding_budgets(&budgets, target);
+                                if !named.is_empty() {
+                                    *holding = named;
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(watcher::Event::Apply(pdb))) => {
+                        let (key, entry) = budget_entry(&pdb);
+                        if entry.1 > 0 {
+                            released.push(key.clone());
+                        }
+                        budgets.insert(key, entry);
+                    }
+                    Some(Ok(watcher::Event::Delete(pdb))) => {
+                        let (key, _) = budget_entry(&pdb);
+                        budgets.remove(&key);
+                        released.push(key);
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "PDB watch error; the watcher retries"),
+                    None => budgets_stream = None,
+                }
+                let unblocked: Vec<String> = progress
+                    .blocked
+                    .iter()
+                    .filter(|(_, holding)| holding.iter().any(|b| released.contains(b)))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in unblocked {
+                    progress.blocked.remove(&uid);
+                    progress.queue.push_back(uid);
+                }
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let (due, waiting): (Vec<_>, Vec<_>) = progress.later.drain(..).partition(|(at, _)| *at <= now);
+                progress.later = waiting;
+                progress.queue.extend(due.into_iter().map(|(_, uid)| uid));
+                if now >= fallback {
+                    fallback = now + ctx.real(BLOCKED_FALLBACK);
+                    let parked: Vec<String> = std::mem::take(&mut progress.blocked).into_keys().collect();
+                    progress.queue.extend(parked);
+                }
+                if let Some(skip) = settings.skip_wait_for_delete_timeout {
+                    let limit = ctx.real(skip);
+                    let stale: Vec<String> = progress.terminating.iter().filter(|(_, at)| at.elapsed() > limit).map(|(u, _)| u.clone()).collect();
+                    for uid in stale {
+                        progress.gone(&uid);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The budgets (`namespace/name`) whose selector covers a pod.
+fn holding_budgets(budgets: &BTreeMap<String, (Value, i32)>, target: &Target) -> BTreeSet<String> {
+    let prefix = format!("{}/", target.namespace);
+    budgets
+        .iter()
+        .filter(|(key, (selector, _))| key.starts_with(&prefix) && selector_matches(selector, &target.labels))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+fn budget_entry(pdb: &PodDisruptionBudget) -> (String, (Value, i32)) {
+    let key = format!(
+        "{}/{}",
+        pdb.metadata.namespace.as_deref().unwrap_or_default(),
+        pdb.metadata.name.as_deref().unwrap_or_default()
+    );
+    let selector = pdb.spec.as_ref().and_then(|s| serde_json::to_value(&s.selector).ok()).unwrap_or(Value::Null);
+    let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
+    (key, (selector, allowed))
+}
+
+/// The error when the drain runs out of time: every pod still there, and why.
+fn give_up(
+    node: &str,
+    settings: &DrainPlan,
+    progress: &Progress,
+    budgets: &BTreeMap<String, (Value, i32)>,
+) -> StepError {
+    let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (uid, holding) in &progress.blocked {
+        if let Some(target) = progress.targets.get(uid) {
+            for budget in holding {
+                held.entry(budget.clone()).or_default().push(target.key());
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    for (budget, pods) in &held {
+        let allowed = budgets.get(budget).map_or(String::new(), |(_, a)| format!(", disruptionsAllowed {a}"));
+        parts.push(format!("PDB {budget}{allowed} holds {}", sample(pods.iter().cloned())));
+    }
+    let terminating: Vec<String> =
+        progress.terminating.keys().filter_map(|u| progress.targets.get(u)).map(Target::key).collect();
+    if !terminating.is_empty() {
+        parts.push(format!("still terminating: {}", sample(terminating)));
+    }
+    let other: Vec<String> = progress
+        .targets
+        .iter()
+        .filter(|(u, _)| !progress.blocked.contains_key(*u) && !progress.terminating.contains_key(*u))
+        .map(|(_, t)| t.key())
+        .collect();
+    if !other.is_empty() {
+        parts.push(format!("not yet evicted: {}", sample(other)));
+    }
+    let help = if held.is_empty() {
+        "check why the pods do not terminate (finalizers, long grace periods), then run apply again"
+    } else {
+        "make room for the budget (scale the workload up, or relax the PDB), then run apply again"
+    };
+    StepError::Timeout {
+        what: format!("draining {node}"),
+        after: human(settings.timeout),
+        detail: format!("; {}; {help}", parts.join("; ")),
+    }
+}

@@ -1,0 +1,253 @@
+//! What each step does to the cluster. Every step is split in two: `prepare` reads what a
+//! resume needs to judge the step (written to the journal before acting), and `act` does
+//! the work. Both are idempotent, so a step found in flight after a crash is simply acted
+//! on again with the detail recorded the first time.
+
+mod dns;
+mod drain;
+mod gates;
+mod hook;
+mod l2;
+mod node;
+mod ready;
+mod sessions;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub use dns::{DnsError, DnsProvider, SimulatedDns, node_address};
+pub use hook::HookSettings;
+
+use super::event::{Event, Observer};
+use super::retry::Patience;
+use crate::plan::Plan;
+use crate::plan::resolved::BatchPlan;
+use crate::planner::{Action, Step};
+
+/// Why a step failed. Messages say what was found and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// An API call failed for good (after retries).
+    #[error("cannot {context}: {source}")]
+    Api {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// A wait ran out of time.
+    #[error("{what} did not happen within {after}{detail}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The plan's timeout.
+        after: String,
+        /// What was still in the way.
+        detail: String,
+    },
+    /// The drain cannot or did not evict everything.
+    #[error("{0}")]
+    Drain(String),
+    /// A hook failed.
+    #[error("{0}")]
+    Hook(String),
+    /// The node is not what the plan expects after its upgrade.
+    #[error("{0}")]
+    Verify(String),
+    /// A DNS change cannot be made safely.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    /// The journal cannot be written.
+    #[error(transparent)]
+    Journal(#[from] super::journal::JournalError),
+}
+
+/// How maintenance windows are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowMode {
+    /// Wait for the window to open (a real rollout).
+    Wait,
+    /// Do not wait; a rehearsal counts the windows from its makespan instead.
+    Ignore,
+}
+
+/// Everything a step needs; shared by all running steps.
+pub struct Context {
+    /// The cluster.
+    pub client: kube::Client,
+    /// The plan.
+    pub plan: Arc<Plan>,
+    /// Retry budget for one API call.
+    pub patience: Patience,
+    /// Real seconds per plan second: 1 for a real rollout, the simulator's scale in a
+    /// rehearsal, so that the plan's timeouts mean the same thing in both.
+    pub time_scale: f64,
+    /// Where events go.
+    pub observer: Arc<dyn Observer>,
+    /// The ServiceLB DNS record, when the plan has one.
+    pub dns: Option<Arc<dyn DnsProvider>>,
+    /// Hooks: logs, environment, rehearsal overrides.
+    pub hooks: HookSettings,
+    /// Maintenance windows.
+    pub windows: WindowMode,
+    /// Nodes approved for uncordon, kept up to date from the journal.
+    pub approved: watch::Receiver<BTreeSet<String>>,
+    /// What finished steps reported, by step id (the upgrade's boot ID before, a label's
+    /// old value), for the steps that undo or check them.
+    pub finished: Mutex<BTreeMap<String, Value>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("plan", &self.plan.name).field("time_scale", &self.time_scale).finish()
+    }
+}
+
+impl Context {
+    /// A plan duration as real time.
+    pub fn real(&self, plan_time: Duration) -> Duration {
+        plan_time.mul_f64(self.time_scale)
+    }
+
+    /// Reports progress of a running step.
+    pub fn progress(&self, step: &Step, message: impl Into<String>) {
+        self.observer.event(&Event::StepProgress {
+            step: step.id.clone(),
+            node: step.node.clone(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports a warning.
+    pub fn warn(&self, message: impl Into<String>) {
+        self.observer.event(&Event::Warning { message: message.into() });
+    }
+
+    /// What a finished step reported.
+    pub fn finished_detail(&self, step_id: &str) -> Value {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner()).get(step_id).cloned().unwrap_or(Value::Null)
+    }
+
+    fn batch(&self, step: &Step) -> Option<&BatchPlan> {
+        let name = step.batch.as_deref()?;
+        self.plan.batches.iter().find(|b| b.name == name)
+    }
+}
+
+/// Formats a plan duration the way plans write them.
+pub fn human(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Reads what a resume will need to judge the step, before it acts.
+pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+    let Some(node) = step.node.as_deref() else { return Ok(Value::Null) };
+    match step.action {
+        Action::Upgrade => ready::before_upgrade(ctx, node).await,
+        Action::BgpWithdraw => node::bgp_label_value(ctx, node).await,
+        Action::DnsWithdraw | Action::DnsRepoint => dns::before_change(ctx).await,
+        _ => Ok(Value::Null),
+    }
+}
+
+/// Does the step. `detail` is what `prepare` recorded (now or before a crash); `resumed`
+/// says whether the step was found in flight.
+pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> Result<Value, StepError> {
+    let node = step.node.as_deref().unwrap_or_default();
+    let batch = ctx.batch(step);
+    match (step.action, batch) {
+        (Action::BatchStart | Action::BatchDone, _) => Ok(Value::Null),
+        (Action::Window, _) => gates::window(ctx, step).await,
+        (Action::Quorum, _) => gates::quorum(ctx, step).await,
+        (Action::Cordon, _) => node::set_unschedulable(ctx, step, true).await,
+        (Action::Uncordon, _) => node::set_unschedulable(ctx, step, false).await,
+        (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
+        (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
+        (Action::WaitL2Release, _) => l2::wait_release(ctx, step).await,
+        (Action::DnsWithdraw | Action::DnsRepoint | Action::DnsRestore, _) => dns::act(ctx, step).await,
+        (Action::WaitSessions, Some(batch)) => sessions::wait(ctx, step, &batch.settings.sessions).await,
+        (Action::Drain, Some(batch)) => drain::drain(ctx, step, &batch.settings.drain).await,
+        (Action::Upgrade, Some(batch)) => ready::upgrade(ctx, step, batch, detail, resumed).await,
+        (Action::WaitReady, Some(batch)) => ready::wait_ready(ctx, step, batch).await,
+        (Action::Verify, Some(batch)) => ready::verify(ctx, step, batch).await,
+        (Action::Approve, _) => approve(ctx, step).await,
+        (Action::WaitSessions | Action::Drain | Action::Upgrade | Action::WaitReady | Action::Verify, None) => {
+            Err(StepError::Verify(format!("step {} names no batch of the plan", step.id)))
+        }
+    }
+}
+
+/// Waits for `noderoll approve NODE` (or the TTY prompt, which writes the same journal
+/// record).
+async fn approve(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+    let node = step.node.clone().unwrap_or_default();
+    let mut approved = ctx.approved.clone();
+    let mut asked = false;
+    loop {
+        if approved.borrow_and_update().contains(&node) {
+            return Ok(json!({"approved": true}));
+        }
+        if !asked {
+            ctx.observer.event(&Event::AwaitingApproval { step: step.id.clone(), node: node.clone() });
+            asked = true;
+        }
+        if approved.changed().await.is_err() {
+            return Err(StepError::Verify(format!("stopped waiting for the approval of {node}")));
+        }
+    }
+}
+
+/// The objects a watch currently sees, kept from its events: what kubectl would list now.
+#[derive(Debug)]
+pub(super) struct Mirror<K> {
+    /// uid → object, once synced.
+    pub items: BTreeMap<String, K>,
+    listing: Option<BTreeMap<String, K>>,
+    /// The first (re-)list is complete.
+    pub synced: bool,
+}
+
+impl<K: kube::Resource> Mirror<K> {
+    pub(super) fn new() -> Self {
+        Mirror { items: BTreeMap::new(), listing: None, synced: false }
+    }
+
+    fn uid(object: &K) -> String {
+        let meta = object.meta();
+        meta.uid.clone().unwrap_or_else(|| format!("{:?}/{:?}", meta.namespace, meta.name))
+    }
+
+    /// Folds one watch event in; returns whether `items` changed.
+    pub(super) fn apply(&mut self, event: kube::runtime::watcher::Event<K>) -> bool {
+        use kube::runtime::watcher::Event;
+        match event {
+            Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
+            Event::InitApply(object) => {
+                self.listing.get_or_insert_with(BTreeMap::new).insert(Self::uid(&object), object);
+                false
+            }
+            Event::InitDone => {
+                self.items = self.listing.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(object) => {
+                self.items.insert(Self::uid(&object), object);
+                true
+            }
+            Event::Delete(object) => self.items.remove(&Self::uid(&object)).is_some(),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Label selectors in their object form (`matchLabels`, `matchExpressions`), as PDBs and
+//! workloads carry them. The simulator's controllers and the executor's drain both ask
+//! which PDB covers a pod, so they share one reading of the rules.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Whether a `LabelSelector` object (`matchLabels`, `matchExpressions`) selects `labels`.
+/// An empty selector selects everything; a missing one selects nothing, as for PDBs.
+pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    if selector.is_null() {
+        return false;
+    }
+    let match_labels = selector["matchLabels"].as_object().into_iter().flatten();
+    for (key, value) in match_labels {
+        if labels.get(key).map(String::as_str) != value.as_str() {
+            return false;
+        }
+    }
+    let expressions = selector["matchExpressions"].as_array().into_iter().flatten();
+    for expression in expressions {
+        let key = expression["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> =
+            expression["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let present = labels.get(key);
+        let holds = match expression["operator"].as_str().unwrap_or_default() {
+            "In" => present.is_some_and(|v| values.contains(&v.as_str())),
+            "NotIn" => present.is_none_or(|v| !values.contains(&v.as_str())),
+            "Exists" => present.is_some(),
+            "DoesNotExist" => present.is_none(),
+            _ => false,
+        };
+        if !holds {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn label_selector_objects() {
+        let l = labels(&[("app", "web"), ("tier", "front")]);
+        assert!(selector_matches(&json!({}), &l));
+        assert!(!selector_matches(&Value::Null, &l));
+        assert!(selector_matches(&json!({"matchLabels": {"app": "web"}}), &l));
+        assert!(!selector_matches(&json!({"matchLabels": {"app": "db"}}), &l));
+        let expr = |op: &str, values: &[&str]| json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]});
+        assert!(selector_matches(&expr("In", &["front", "back"]), &l));
+        assert!(!selector_matches(&expr("NotIn", &["front"]), &l));
+        assert!(selector_matches(&expr("Exists", &[]), &l));
+        assert!(!selector_matches(&expr("DoesNotExist", &[]), &l));
+    }
+}

@@ -1,0 +1,384 @@
+//! `noderoll rehearse`: the real executor against an in-process simulator, on a fast clock,
+//! with a simulated DNS record and the simulator's own upgrade standing in for the plan's
+//! hooks. Nothing else differs from `apply`: the same journal, lock, steps and API calls.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::executor::event::{Event, Observer};
+use crate::executor::journal::{self, Record};
+use crate::executor::retry::Patience;
+use crate::executor::steps::{DnsProvider, HookSettings, SimulatedDns, WindowMode};
+use crate::executor::{self, Options, Outcome};
+use crate::plan::Plan;
+use crate::plan::model::{DnsStrategy, Role};
+use crate::plan::resolved::Members;
+use crate::plan::template::CommandTemplate;
+use crate::sim::{GenerateOptions, NodeSpec, Population, SimConfig, Simulator};
+
+/// How to rehearse.
+#[derive(Debug, Clone)]
+pub struct RehearseOptions {
+    /// Build the cluster from this snapshot instead of generating it from the plan.
+    pub snapshot: Option<PathBuf>,
+    /// Real seconds per simulated second.
+    pub time_scale: f64,
+    /// Seeds the simulated cluster.
+    pub seed: u64,
+    /// Session pods per generated workstation.
+    pub sessions_per_node: usize,
+    /// Nodes generated for each batch that selects by labels.
+    pub nodes_per_selector: usize,
+    /// Folder for the journal, hook logs and kubeconfig.
+    pub workdir: PathBuf,
+    /// The noderoll binary the simulated upgrade hook runs (`noderoll sim ctl upgrade`).
+    pub program: PathBuf,
+}
+
+/// What a rehearsal found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Plan name.
+    pub plan: String,
+    /// `finished`, `halted` or `interrupted`.
+    pub outcome: String,
+    /// Nodes in the rollout.
+    pub nodes: usize,
+    /// Real seconds the rehearsal took.
+    pub real_seconds: f64,
+    /// The same in simulated (cluster) time: the rollout's expected makespan.
+    pub simulated_seconds: f64,
+    /// Maintenance windows the makespan needs at least (when the plan has a window).
+    pub windows_needed: Option<u64>,
+    /// Steps that waited longest, in simulated seconds: where the rollout spends its time.
+    pub slowest_steps: Vec<SlowStep>,
+    /// What held the rollout up: disruption budgets, sessions, failures.
+    pub blockers: Vec<String>,
+    /// Reboots per node the simulator saw (each upgraded node once).
+    pub reboots: BTreeMap<String, u64>,
+    /// DNS: the smallest number of addresses the record had, and the changes made.
+    pub dns: Option<DnsSummary>,
+    /// Approvals given automatically (a real rollout waits for `noderoll approve`).
+    pub approvals: usize,
+    /// The rehearsal's journal.
+    pub journal: String,
+}
+
+/// A slow step.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowStep {
+    /// Step id.
+    pub step: String,
+    /// Simulated seconds.
+    pub seconds: f64,
+}
+
+/// What happened to the DNS record.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsSummary {
+    /// The record.
+    pub record: String,
+    /// Addresses at the start.
+    pub initial: Vec<IpAddr>,
+    /// Addresses at the end.
+    pub last: Vec<IpAddr>,
+    /// The fewest addresses it ever had.
+    pub fewest: usize,
+    /// Changes made.
+    pub changes: usize,
+}
+
+/// Forwards events and keeps what the report needs; answers approvals itself.
+struct Recorder {
+    inner: Arc<dyn Observer>,
+    journal: PathBuf,
+    state: Mutex<Recorded>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    started: BTreeMap<String, tokio::time::Instant>,
+    durations: Vec<(String, f64)>,
+    blockers: Vec<String>,
+    approvals: usize,
+}
+
+impl Observer for Recorder {
+    fn event(&self, event: &Event) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Event::StepStarted { step, .. } => {
+                    state.started.insert(step.clone(), tokio::time::Instant::now());
+                }
+                Event::StepFinished { step, seconds, .. } => state.durations.push((step.clone(), *seconds)),
+                Event::StepProgress { step, message, .. }
+                    if message.contains("held by a disruption budget") && !message.contains(" 0 held") =>
+                {
+                    let note = format!("{step}: {message}");
+                    if !state.blockers.iter().any(|b| b.starts_with(&format!("{step}:"))) {
+                        state.blockers.push(note);
+                    }
+                }
+                Event::StepFailed { step, error, .. } => state.blockers.push(format!("{step} failed: {error}")),
+                Event::Warning { message } => state.blockers.push(message.clone()),
+                Event::AwaitingApproval { node, .. } => {
+                    state.approvals += 1;
+                    let record = Record::Approved { at: journal::now(), node: node.clone(), by: "rehearsal".into() };
+                    if let Err(e) = journal::append_to_path(&self.journal, &record) {
+                        state.blockers.push(format!("cannot approve {node} in the rehearsal: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.inner.event(event);
+    }
+}
+
+/// Nodes to generate so that the plan's batches find theirs: named nodes as named, and for
+/// each selector batch a few nodes labelled to match it.
+fn nodes_for(plan: &Plan, per_selector: usize) -> Vec<NodeSpec> {
+    let mut extra = BTreeMap::new();
+    if let Some(label) = &plan.load_balancer.bgp_label {
+        extra.insert(label.key.clone(), label.value.clone().unwrap_or_else(|| "true".into()));
+    }
+    let mut nodes = Vec::new();
+    for batch in &plan.batches {
+        let service = batch.role == Role::Service;
+        match &batch.members {
+            Members::Nodes(names) => {
+                nodes.extend(names.iter().map(|n| NodeSpec { name: n.clone(), service, labels: extra.clone() }));
+            }
+            Members::Selector(selector) => {
+                let mut labels = extra.clone();
+                labels.extend(selector.example_labels());
+                let width = per_selector.to_string().len().max(2);
+                nodes.extend((1..=per_selector).map(|i| NodeSpec {
+                    name: format!("{}-{i:0width$}", batch.name),
+                    service,
+                    labels: labels.clone(),
+                }));
+            }
+        }
+    }
+    nodes
+}
+
+/// The simulated upgrade for each batch: the simulator's own upgrade to the versions the
+/// batch's verify step expects.
+fn upgrade_overrides(plan: &Plan, program: &Path, kubeconfig: &Path) -> Result<BTreeMap<String, CommandTemplate>> {
+    let mut overrides = BTreeMap::new();
+    for batch in &plan.batches {
+        let mut argv: Vec<String> = vec![
+            program.display().to_string(),
+            "sim".into(),
+            "ctl".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "upgrade".into(),
+            "{node}".into(),
+        ];
+        let verify = &batch.settings.verify;
+        if let Some(version) = &verify.kubelet_version {
+            argv.extend(["--kubelet-version".into(), version.clone()]);
+        }
+        if let Some(image) = &verify.os_image {
+            argv.extend(["--os-image".into(), image.clone()]);
+        }
+        let escaped: Vec<String> = argv
+            .iter()
+            .map(|a| if a == "{node}" { a.clone() } else { a.replace('{', "{{").replace('}', "}}") })
+            .collect();
+        let template = CommandTemplate::parse(&escaped, &["node"]).map_err(|e| Error::Client {
+            context: "build the simulated upgrade hook".into(),
+            message: e.to_string(),
+        })?;
+        overrides.insert(batch.name.clone(), template);
+    }
+    Ok(overrides)
+}
+
+/// Runs the rehearsal and reports.
+pub async fn rehearse(
+    plan: Plan,
+    plan_text: &str,
+    options: &RehearseOptions,
+    observer: Arc<dyn Observer>,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<Report> {
+    let population = match &options.snapshot {
+        Some(path) => Population::Snapshot(path.clone()),
+        None => Population::Generate(GenerateOptions {
+            sessions_per_node: options.sessions_per_node,
+            named: nodes_for(&plan, options.nodes_per_selector),
+            ..GenerateOptions::default()
+        }),
+    };
+    let config = SimConfig { time_scale: options.time_scale, seed: options.seed, ..SimConfig::default() };
+    let simulator = Simulator::start(config, population).await?;
+    for warning in simulator.warnings() {
+        observer.event(&Event::Warning { message: format!("snapshot: {warning}") });
+    }
+    let result = run(&simulator, plan, plan_text, options, observer, interrupt).await;
+    simulator.stop().await;
+    result
+}
+
+async fn run(
+    simulator: &Simulator,
+    plan: Plan,
+    plan_text: &str,
+    options: &RehearseOptions,
+    observer: Arc<dyn Observer>,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> Result<Report> {
+    std::fs::create_dir_all(&options.workdir).map_err(|source| Error::Io {
+        action: "create",
+        path: options.workdir.display().to_string(),
+        source,
+    })?;
+    let kubeconfig = options.workdir.join("kubeconfig");
+    simulator.write_kubeconfig(&kubeconfig)?;
+    let client = crate::client::for_url(&simulator.url())?;
+    let patience = Patience::default();
+    let (planned, _) = executor::plan_for_cluster(&client, &plan, &patience).await.map_err(Error::Exec)?;
+    let dns = match &plan.load_balancer.dns {
+        Some(dns) => {
+            let service: Vec<&str> = planned
+                .batches
+                .iter()
+                .filter(|b| b.role == Role::Service)
+                .flat_map(|b| b.nodes.iter().map(String::as_str))
+                .collect();
+            let holders: Vec<&str> = match (&dns.strategy, &planned.record_target) {
+                (DnsStrategy::SingleRecord, Some((target, _))) => vec![target.as_str()],
+                _ => service,
+            };
+            let mut addresses = Vec::new();
+            for node in holders {
+                addresses.push(address_of(&client, &plan, node).await?);
+            }
+            Some(Arc::new(SimulatedDns::new(&dns.name, addresses)))
+        }
+        None => None,
+    };
+    let journal_path = options.workdir.join(format!("{}.journal", plan.name));
+    let recorder = Arc::new(Recorder { inner: observer, journal: journal_path.clone(), state: Mutex::default() });
+    let run_options = Options {
+        journal: journal_path.clone(),
+        force: false,
+        break_lock: false,
+        lock_namespace: "kube-system".into(),
+        time_scale: options.time_scale,
+        patience,
+        windows: WindowMode::Ignore,
+        hooks: HookSettings {
+            log_dir: options.workdir.join("logs"),
+            env: vec![("KUBECONFIG".into(), kubeconfig.clone().into_os_string())],
+            upgrade_override: upgrade_overrides(&plan, &options.program, &kubeconfig)?,
+            skip_verify_hook: true,
+        },
+    };
+    let window = plan.window.clone();
+    let record = plan.load_balancer.dns.as_ref().map(|d| d.name.clone()).unwrap_or_default();
+    let name = plan.name.clone();
+    let started = tokio::time::Instant::now();
+    let provider = dns.clone().map(|d| d as Arc<dyn DnsProvider>);
+    let outcome = executor::apply(client.clone(), plan, plan_text, &run_options, provider, recorder.clone(), interrupt)
+        .await
+        .map_err(Error::Exec)?;
+    let real_seconds = started.elapsed().as_secs_f64();
+    let simulated_seconds = real_seconds / options.time_scale;
+    let reboots = reboots(&client).await?;
+    let recorded = std::mem::take(&mut *recorder.state.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut slowest: Vec<SlowStep> = recorded
+        .durations
+        .iter()
+        .filter(|(step, _)| !step.starts_with("batch/"))
+        .map(|(step, seconds)| SlowStep { step: step.clone(), seconds: seconds / options.time_scale })
+        .collect();
+    slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    slowest.truncate(5);
+    let windows_needed = window.map(|w| (simulated_seconds / w.duration.as_secs_f64().max(1.0)).ceil() as u64);
+    let dns = dns.map(|d| {
+        let history = d.history();
+        DnsSummary {
+            record: record.clone(),
+            initial: history.first().cloned().unwrap_or_default(),
+            last: history.last().cloned().unwrap_or_default(),
+            fewest: history.iter().map(Vec::len).min().unwrap_or(0),
+            changes: history.len().saturating_sub(1),
+        }
+    });
+    Ok(Report {
+        plan: name,
+        outcome: match outcome {
+            Outcome::Finished => "finished",
+            Outcome::Halted { .. } => "halted",
+            Outcome::Interrupted => "interrupted",
+        }
+        .into(),
+        nodes: planned.chains.len(),
+        real_seconds,
+        simulated_seconds,
+        windows_needed,
+        slowest_steps: slowest,
+        blockers: recorded.blockers,
+        reboots,
+        dns,
+        approvals: recorded.approvals,
+        journal: journal_path.display().to_string(),
+    })
+}
+
+async fn address_of(client: &kube::Client, plan: &Plan, node: &str) -> Result<IpAddr> {
+    if let Some(address) = plan.load_balancer.dns.as_ref().and_then(|d| d.addresses.get(node)) {
+        return Ok(*address);
+    }
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let found = api
+        .get(node)
+        .await
+        .map_err(|e| Error::Client { context: format!("read node {node}"), message: e.to_string() })?;
+    found
+        .status
+        .and_then(|s| s.addresses)
+        .into_iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())
+        .ok_or_else(|| Error::Client {
+            context: format!("find the address of {node}"),
+            message: "no InternalIP".into(),
+        })
+}
+
+async fn reboots(client: &kube::Client) -> Result<BTreeMap<String, u64>> {
+    let request = http::Request::get("/sim/v1/state")
+        .body(Vec::new())
+        .map_err(|e| Error::Client { context: "build the request".into(), message: e.to_string() })?;
+    let state: serde_json::Value = client
+        .request(request)
+        .await
+        .map_err(|e| Error::Client { context: "read the simulator's state".into(), message: e.to_string() })?;
+    Ok(serde_json::from_value(state["reboots"].clone()).unwrap_or_default())
+}
+
+/// How long a simulated duration is, for reports.
+pub fn simulated(seconds: f64) -> String {
+    let total = Duration::from_secs_f64(seconds.max(0.0)).as_secs();
+    match (total / 3600, total % 3600 / 60, total % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}

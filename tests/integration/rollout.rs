@@ -1,0 +1,293 @@
+//! `apply`, `status`, `approve` and `rehearse` through the real binary, against the
+//! simulator: full rollouts, kill -9 and resume, faults, lock contention, a PDB that never
+//! gives way, and a changed plan.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use serde_json::Value;
+
+use crate::harness::{SimProcess, noderoll, yaml_files};
+
+/// A plan for the generated studio (cp1..3, ws01..06) with an external LB and the
+/// simulator's upgrade as hook. `extra` goes under `defaults`.
+fn plan(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n{extra}  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02, ws03, ws04, ws05, ws06], maxUnavailable: 2}}\n"
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+/// PATH with the built binary first, so the plan's `noderoll sim ctl` hook runs it.
+fn path_with_binary() -> std::ffi::OsString {
+    let binary = assert_cmd::cargo::cargo_bin("noderoll");
+    let dir = binary.parent().expect("binary folder").to_owned();
+    let mut paths = vec![dir];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(paths).expect("PATH")
+}
+
+fn apply_command(sim: &SimProcess, plan: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("noderoll"));
+    cmd.arg("apply")
+        .arg(plan)
+        .arg("--kubeconfig")
+        .arg(sim.kubeconfig())
+        .args(["--yes", "--output", "json"])
+        .args(extra)
+        .env("PATH", path_with_binary())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn apply(sim: &SimProcess, plan: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = apply_command(sim, plan, extra).output().expect("apply runs");
+    let events = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn state(sim: &SimProcess) -> Value {
+    let out = sim.ctl(&["state"]).get_output().stdout.clone();
+    serde_json::from_slice(&out).expect("state is JSON")
+}
+
+fn nodes(sim: &SimProcess) -> Value {
+    serde_json::from_str(&sim.kubectl_ok(&["get", "nodes", "-o", "json"])).expect("nodes JSON")
+}
+
+/// Every node schedulable and on the new kubelet version; every node rebooted exactly once.
+fn assert_upgraded_once(sim: &SimProcess, count: usize) {
+    let nodes = nodes(sim);
+    let items = nodes["items"].as_array().expect("items");
+    for node in items {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        assert_ne!(node["spec"]["unschedulable"], Value::Bool(true), "{name} left cordoned");
+        assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1", "{name} not upgraded");
+    }
+    let reboots = state(sim)["reboots"].as_object().cloned().unwrap_or_default();
+    assert_eq!(reboots.len(), count, "reboots: {reboots:?}");
+    assert!(reboots.values().all(|r| r == 1), "a node was upgraded more than once: {reboots:?}");
+}
+
+#[test]
+fn apply_runs_a_plan_to_the_end_and_status_says_so() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), "full", "");
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(events.first().map(|e| e["event"].clone()), Some("started".into()));
+    assert_eq!(events.last().map(|e| e["event"].clone()), Some("finished".into()));
+    assert_eq!(events.iter().filter(|e| e["event"] == "node-done").count(), 9);
+    assert_upgraded_once(&sim, 9);
+    let events_on_nodes = sim.kubectl_ok(&["get", "events", "-n", "default", "-o", "json"]);
+    assert!(events_on_nodes.contains("NoderollCordon") && events_on_nodes.contains("NoderollUncordon"));
+    assert!(sim.dir.path().join(".noderoll/full.logs/cp1/upgrade.log").is_file(), "the hook's output is kept");
+
+    let status = noderoll().args(["status", "--output", "json"]).arg(&plan).assert().success();
+    let status: Value = serde_json::from_slice(&status.get_output().stdout).expect("JSON");
+    assert_eq!(status["summary"]["last"], "finished");
+    assert_eq!(status["summary"]["done"], 9);
+
+    // Running it again finds everything done and changes nothing.
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(events[0]["done"], events[0]["steps"]);
+    assert_upgraded_once(&sim, 9);
+}
+
+/// Reads `apply -o json` events until `stop` events of kind `kind` have been seen, then
+/// kills the process with SIGKILL.
+fn kill_after(mut child: Child, kind: &str, stop: usize) {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut seen = 0;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let event: Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["event"] == kind {
+            seen += 1;
+            if seen == stop {
+                break;
+            }
+        }
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+}
+
+#[test]
+fn a_rollout_killed_at_any_point_resumes_and_upgrades_each_node_exactly_once() {
+    // Kill points spread over the run: early (control plane), mid-upgrade, late.
+    for (kind, stop) in [("step-started", 3), ("step-started", 17), ("step-finished", 40), ("step-started", 70)] {
+        let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+        let plan = plan(sim.dir.path(), "killed", "");
+        let child =
+            apply_command(&sim, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+        kill_after(child, kind, stop);
+        // The Lease of the killed run is still fresh: the resume must wait it out or break it.
+        let (code, _, stderr) = apply(&sim, &plan, &["--break-lock"]);
+        assert_eq!(code, 0, "resume after {kind} #{stop}: {stderr}");
+        assert_upgraded_once(&sim, 9);
+        let journal = std::fs::read_to_string(sim.dir.path().join(".noderoll/killed.journal")).expect("journal");
+        assert!(journal.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "every journal line is a record");
+    }
+}
+
+#[test]
+fn a_second_apply_is_refused_while_the_lock_is_held() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), "locked", "");
+    let lease = sim.dir.path().join("lease.yaml");
+    let renew = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.000000Z").to_string();
+    std::fs::write(
+        &lease,
+        format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: noderoll-locked, namespace: kube-system}}\nspec: {{holderIdentity: alice@laptop/4242, leaseDurationSeconds: 3600, renewTime: \"{renew}\"}}\n"),
+    )
+    .expect("write lease");
+    sim.kubectl_ok(&["create", "--validate=false", "-f", lease.to_str().expect("utf-8")]);
+    let (code, _, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("alice@laptop/4242") && stderr.contains("--break-lock"), "{stderr}");
+    let nodes = nodes(&sim);
+    assert!(
+        nodes["items"].as_array().expect("items").iter().all(|n| n["spec"]["unschedulable"] != true),
+        "nothing changed"
+    );
+
+    let (code, events, stderr) = apply(&sim, &plan, &["--break-lock"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(events.iter().any(|e| e["event"] == "warning" && e["message"].as_str().unwrap_or_default().contains("alice@laptop/4242")));
+}
+
+#[test]
+fn a_budget_that_never_allows_eviction_halts_with_the_pdb_named_and_the_node_cordoned() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let pdb = sim.dir.path().join("pdb.yaml");
+    std::fs::write(
+        &pdb,
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: coredns-strict, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
+    )
+    .expect("write pdb");
+    sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+    let plan =
+        plan(sim.dir.path(), "blocked", "    drain: {timeout: 3s, ignoreDaemonSets: true, deleteEmptyDirData: true}\n");
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 4, "{stderr}");
+    let halted = events.iter().find(|e| e["event"] == "halted").expect("a halted event");
+    let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("kube-system/coredns-strict") && error.contains("coredns"), "{error}");
+    let cordoned: Vec<String> = serde_json::from_value(halted["cordoned"].clone()).expect("list");
+    assert_eq!(cordoned.len(), 1, "{halted}");
+    let node = &cordoned[0];
+    let shown = sim.kubectl_ok(&["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"]);
+    assert_eq!(shown, "true");
+    // Nothing else was started.
+    let others = nodes(&sim);
+    let unschedulable =
+        others["items"].as_array().expect("items").iter().filter(|n| n["spec"]["unschedulable"] == true).count();
+    assert_eq!(unschedulable, 1);
+    let status = noderoll().args(["status"]).arg(&plan).assert().success();
+    let text = String::from_utf8_lossy(&status.get_output().stdout).into_owned();
+    assert!(text.contains("halted") && text.contains("failed"), "{text}");
+
+    // Once the budget is relaxed, running apply again finishes the rollout.
+    sim.kubectl_ok(&["delete", "pdb", "-n", "kube-system", "coredns-strict"]);
+    let (code, _, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_upgraded_once(&sim, 9);
+}
+
+#[test]
+fn api_faults_and_a_short_outage_do_not_stop_a_rollout() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), "faulty", "");
+    sim.ctl(&["faults", "--error-rate", "0.05", "--throttle-rate", "0.03", "--drop-rate", "0.03"]).success();
+    let mut child =
+        apply_command(&sim, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    // A 3 s outage once the control plane is under way.
+    for line in lines.by_ref() {
+        if line.contains("\"step-started\"") && line.contains("cp2/") {
+            break;
+        }
+    }
+    sim.ctl(&["faults", "--error-rate", "0.05", "--throttle-rate", "0.03", "--drop-rate", "0.03", "--outage", "3s"])
+        .success();
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().expect("apply ends");
+    assert!(status.success(), "apply failed: {}", rest.join("\n"));
+    sim.ctl(&["faults"]).success();
+    assert_upgraded_once(&sim, 9);
+}
+
+#[test]
+fn a_changed_plan_is_refused_with_a_diff_unless_forced() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), "changing", "    drain: {timeout: 3s}\n");
+    let pdb = sim.dir.path().join("pdb.yaml");
+    std::fs::write(
+        &pdb,
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: hold, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
+    )
+    .expect("write pdb");
+    sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+    let (code, _, _) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 4);
+    let text = std::fs::read_to_string(&plan).expect("plan").replace("timeout: 3s", "timeout: 20s");
+    std::fs::write(&plan, text).expect("edit plan");
+    let (code, _, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("-    drain: {timeout: 3s}") && stderr.contains("+    drain: {timeout: 20s}"), "{stderr}");
+    sim.kubectl_ok(&["delete", "pdb", "-n", "kube-system", "hold"]);
+    let (code, _, stderr) = apply(&sim, &plan, &["--force"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn approve_releases_a_node_waiting_for_approval() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), "approving", "    uncordon: approve\n");
+    let mut child =
+        apply_command(&sim, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut approvals = 0;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let event: Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["event"] == "awaiting-approval" {
+            let node = event["node"].as_str().expect("node").to_owned();
+            noderoll().arg("approve").arg(&plan).arg(&node).assert().success();
+            approvals += 1;
+        }
+    }
+    assert!(child.wait().expect("apply ends").success());
+    assert_eq!(approvals, 9);
+    assert_upgraded_once(&sim, 9);
+}
+
+#[test]
+fn every_example_plan_rehearses_to_the_end() {
+    for plan in yaml_files("plans") {
+        if plan.ends_with("large-facility.yaml") {
+            // 323 nodes take about three minutes of rehearsal; docs/executor.md has its run.
+            continue;
+        }
+        let out = noderoll().arg("rehearse").arg(&plan).args(["--output", "json"]).output().expect("rehearse runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: Value = stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "report").unwrap_or_else(|| {
+            panic!("{}: no report\n{}", plan.display(), String::from_utf8_lossy(&out.stderr))
+        })["report"]
+            .clone();
+        assert!(out.status.success(), "{}: {report}", plan.display());
+        assert_eq!(report["outcome"], "finished", "{}", plan.display());
+        let reboots = report["reboots"].as_object().expect("reboots");
+        assert_eq!(reboots.len() as u64, report["nodes"].as_u64().expect("nodes"), "{}", plan.display());
+        assert!(reboots.values().all(|r| r == 1), "{}: {reboots:?}", plan.display());
+        if let Some(dns) = report["dns"].as_object() {
+            assert!(dns["fewest"].as_u64() >= Some(1), "{}: the record set was emptied", plan.display());
+            assert_eq!(dns["initial"], dns["last"], "{}: the records were not restored", plan.display());
+        }
+    }
+}
