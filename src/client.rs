@@ -3,27 +3,98 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::{Error, Result};
 
 /// A client for the cluster a kubeconfig names (its current context).
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client> {
+    client_for(load(kubeconfig).await?)
+}
+
+/// Like [`connect`], but when `servers` names other API servers of the same cluster, each
+/// request goes to the server in use and a server that cannot be reached (its node is
+/// being upgraded) hands over to the next one. The kubeconfig's credentials and CA serve
+/// for all of them, as they do for the k3s servers of one cluster.
+pub async fn connect_with_failover(kubeconfig: Option<&Path>, servers: &[String]) -> Result<kube::Client> {
+    let config = load(kubeconfig).await?;
+    let mut urls = vec![config.cluster_url.to_string()];
+    for server in servers {
+        let same = |u: &String| u.trim_end_matches('/') == server.trim_end_matches('/');
+        if !urls.iter().any(same) {
+            urls.push(server.clone());
+        }
+    }
+    if urls.len() == 1 {
+        return client_for(config);
+    }
+    let mut endpoints = Vec::with_capacity(urls.len());
+    for url in urls {
+        let mut one = config.clone();
+        one.cluster_url = url.parse().map_err(|e: http::uri::InvalidUri| Error::Client {
+            context: format!("use the API server {url}"),
+            message: e.to_string(),
+        })?;
+        endpoints.push((url, client_for(one)?));
+    }
+    let service = Failover { endpoints: Arc::new(endpoints), current: Arc::new(AtomicUsize::new(0)) };
+    Ok(kube::Client::new(service, config.default_namespace))
+}
+
+/// Sends to the API server in use; moves on to the next when it cannot be reached. The
+/// request that failed is not resent here: the caller's retry sends it again, now to the
+/// next server.
+#[derive(Clone)]
+struct Failover {
+    endpoints: Arc<Vec<(String, kube::Client)>>,
+    current: Arc<AtomicUsize>,
+}
+
+impl tower_service::Service<http::Request<kube::client::Body>> for Failover {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let endpoints = self.endpoints.clone();
+        let current = self.current.clone();
+        Box::pin(async move {
+            let index = current.load(Ordering::SeqCst) % endpoints.len();
+            let (url, client) = &endpoints[index];
+            let result = client.send(request).await;
+            if let Err(kube::Error::HyperError(_) | kube::Error::Service(_)) = &result {
+                let next = (index + 1) % endpoints.len();
+                if current.compare_exchange(index, next, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    tracing::warn!(from = %url, to = %endpoints[next].0, "API server unreachable; failing over");
+                }
+            }
+            result
+        })
+    }
+}
+
+async fn load(kubeconfig: Option<&Path>) -> Result<kube::Config> {
     let failed =
         |context: String| move |e: kube::config::KubeconfigError| Error::Client { context, message: e.to_string() };
-    let config = match kubeconfig {
+    match kubeconfig {
         Some(path) => {
             let shown = path.display();
             let file = Kubeconfig::read_from(path).map_err(failed(format!("read the kubeconfig {shown}")))?;
             kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(failed(format!("use the kubeconfig {shown}")))?
+                .map_err(failed(format!("use the kubeconfig {shown}")))
         }
         None => kube::Config::infer()
             .await
-            .map_err(|e| Error::Client { context: "find a kubeconfig".into(), message: e.to_string() })?,
-    };
-    client_for(config)
+            .map_err(|e| Error::Client { context: "find a kubeconfig".into(), message: e.to_string() }),
+    }
 }
 
 /// A client for an API server URL with no credentials (the in-process simulator).

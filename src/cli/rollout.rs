@@ -248,7 +248,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
     init_tracing(&log_file)?;
     let runtime = runtime()?;
     runtime.block_on(async {
-        let client = crate::client::connect(args.kubeconfig.as_deref()).await?;
+        let client = crate::client::connect_with_failover(args.kubeconfig.as_deref(), &plan.api_servers).await?;
         if !args.yes && !confirm(&plan, "the cluster of the current kubeconfig context")? {
             eprintln!("nothing changed");
             return Ok(exit_code::SUCCESS);

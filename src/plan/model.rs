@@ -53,6 +53,11 @@ pub struct Metadata {
 pub struct PlanSpec {
     /// How users reach the services, which decides the traffic steps around each service node.
     pub load_balancer: LoadBalancer,
+    /// The cluster's API server URLs (one per server node). `apply` fails over between
+    /// them when the one in use stops answering, e.g. while its node is upgraded.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub api_servers: Option<Spanned<Vec<Spanned<String>>>>,
     /// Where etcd quorum is read from. Without it, the Ready nodes carrying the etcd role
     /// label are counted.
     #[serde(default)]

@@ -19,6 +19,8 @@ pub struct Plan {
     pub description: Option<String>,
     /// How traffic is moved off service nodes.
     pub load_balancer: LoadBalancerPlan,
+    /// API server URLs to fail over between; empty: the kubeconfig's only.
+    pub api_servers: Vec<String>,
     /// Where quorum is read from.
     pub quorum: QuorumPlan,
     /// The maintenance window, if any.

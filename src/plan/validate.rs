@@ -47,6 +47,7 @@ pub fn validate(source: &Arc<SourceFile>, doc: &PlanDocument) -> (Option<Plan>, 
     let static_service_nodes = c.static_service_node_count(&batches_raw.value);
     let load_balancer = c.load_balancer(&doc.spec.load_balancer, static_service_nodes);
     let quorum = c.quorum(doc.spec.quorum.as_ref());
+    let api_servers = c.api_servers(doc.spec.api_servers.as_ref());
     let window = doc.spec.window.as_ref().and_then(|w| c.window(w));
     let defaults = c.layer(&Layer::builtin(), (&doc.spec.defaults).into());
     let batches = c.batches(batches_raw, &defaults);
@@ -58,11 +59,19 @@ pub fn validate(source: &Arc<SourceFile>, doc: &PlanDocument) -> (Option<Plan>, 
         name,
         description: doc.metadata.description.clone(),
         load_balancer,
+        api_servers,
         quorum,
         window,
         batches,
     });
     (plan, diagnostics)
+}
+
+/// An `http://` or `https://` URL with a host.
+fn is_url(text: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        text.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+    })
 }
 
 struct Checker<'a> {
@@ -480,6 +489,21 @@ impl Checker<'_> {
         }
     }
 
+    /// `apiServers`: the cluster's API endpoints to fail over between.
+    fn api_servers(&mut self, servers: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<String> {
+        let Some(servers) = servers else { return Vec::new() };
+        for server in &servers.value {
+            if !is_url(&server.value) {
+                self.error(
+                    server.referenced,
+                    format!("`{}` is not an API server URL", server.value),
+                    "write `https://HOST:6443` (k3s serves the API on port 6443 of each server node)",
+                );
+            }
+        }
+        servers.value.iter().map(|s| s.value.clone()).collect()
+    }
+
     fn quorum(&mut self, quorum: Option<&model::Quorum>) -> QuorumPlan {
         let timeout =
             self.duration_or(quorum.and_then(|q| q.timeout.as_ref()), DEFAULT_QUORUM_TIMEOUT, "quorum timeout");
@@ -493,10 +517,7 @@ impl Checker<'_> {
             }
             for endpoint in &e.endpoints.value {
                 let v = &endpoint.value;
-                let ok = ["http://", "https://"].iter().any(|scheme| {
-                    v.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
-                });
-                if !ok {
+                if !is_url(v) {
                     self.error(
                         endpoint.referenced,
                         format!("`{v}` is not an etcd client URL"),

@@ -11,10 +11,17 @@ use serde_json::Value;
 use crate::harness::{SimProcess, noderoll, yaml_files};
 
 /// A plan for the generated studio (cp1..3, ws01..06) with an external LB and the
-/// simulator's upgrade as hook. `extra` goes under `defaults`.
+/// simulator's upgrade as hook (reaching it through KUBECONFIG, which apply sets from
+/// --kubeconfig). `extra` goes under `defaults`.
 fn plan(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    plan_with(dir, name, "", "", extra)
+}
+
+/// `plan` with `spec` lines (`spec_extra`) and arguments for `noderoll sim ctl` before
+/// `upgrade` (`ctl_args`).
+fn plan_with(dir: &Path, name: &str, spec_extra: &str, ctl_args: &str, extra: &str) -> PathBuf {
     let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n{extra}  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02, ws03, ws04, ws05, ws06], maxUnavailable: 2}}\n"
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n{spec_extra}  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, {ctl_args}upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n{extra}  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02, ws03, ws04, ws05, ws06], maxUnavailable: 2}}\n"
     );
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, text).expect("write plan");
@@ -31,11 +38,15 @@ fn path_with_binary() -> std::ffi::OsString {
 }
 
 fn apply_command(sim: &SimProcess, plan: &Path, extra: &[&str]) -> std::process::Command {
+    apply_through(&sim.kubeconfig(), plan, extra)
+}
+
+fn apply_through(kubeconfig: &Path, plan: &Path, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("noderoll"));
     cmd.arg("apply")
         .arg(plan)
         .arg("--kubeconfig")
-        .arg(sim.kubeconfig())
+        .arg(kubeconfig)
         .args(["--yes", "--output", "json"])
         .args(extra)
         .env("PATH", path_with_binary())
@@ -290,4 +301,85 @@ fn every_example_plan_rehearses_to_the_end() {
             assert_eq!(dns["initial"], dns["last"], "{}: the records were not restored", plan.display());
         }
     }
+}
+
+/// A TCP proxy on a free loopback port in front of `target`. `stop` closes the listener
+/// and every connection, as an API server whose node goes down for its upgrade does.
+struct Proxy {
+    address: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopped, open) = (stop.clone(), connections.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                let mut list = open.lock().expect("lock");
+                for stream in [&client, &server] {
+                    list.push(stream.try_clone().expect("clone"));
+                }
+                for (mut from, mut to) in
+                    [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { address, stop, connections }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.connections.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn apply_fails_over_to_the_next_api_server_when_the_one_in_use_goes_away() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let kubeconfig = std::fs::read_to_string(sim.kubeconfig()).expect("kubeconfig");
+    let direct = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server").to_owned();
+    let target = direct.trim_start_matches("http://").parse().expect("address");
+    let proxy = Proxy::start(target);
+    let through_proxy = sim.dir.path().join("proxy.kubeconfig");
+    std::fs::write(&through_proxy, kubeconfig.replace(&direct, &format!("http://{}", proxy.address))).expect("write");
+    let servers = format!("  apiServers: [\"http://{}\", \"{direct}\"]\n", proxy.address);
+    // The hook talks to the simulator directly: it stands for a machine-level upgrade.
+    let ctl = format!("--kubeconfig, \"{}\", ", sim.kubeconfig().display());
+    let plan = plan_with(sim.dir.path(), "failover", &servers, &ctl, "");
+    let mut child =
+        apply_through(&through_proxy, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    for line in lines.by_ref() {
+        if line.contains("\"step-finished\"") && line.contains("cp1/drain") {
+            break;
+        }
+    }
+    proxy.stop();
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().expect("apply ends");
+    assert!(status.success(), "apply failed after the API server went away: {}", rest.join("\n"));
+    assert_upgraded_once(&sim, 9);
+    let log = std::fs::read_to_string(sim.dir.path().join(".noderoll/failover.log")).expect("log");
+    assert!(log.contains("failing over"), "the log says nothing of the failover");
 }
