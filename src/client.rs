@@ -12,7 +12,12 @@ use crate::error::{Error, Result};
 
 /// A client for the cluster a kubeconfig names (its current context).
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client> {
-    client_for(load(kubeconfig).await?)
+    client_for(load(kubeconfig, None).await?)
+}
+
+/// Like [`connect`], with a context other than the current one.
+pub async fn connect_context(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Client> {
+    client_for(load(kubeconfig, context).await?)
 }
 
 /// Like [`connect`], but when `servers` names other API servers of the same cluster, each
@@ -20,7 +25,7 @@ pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 /// being upgraded) hands over to the next one. The kubeconfig's credentials and CA serve
 /// for all of them, as they do for the k3s servers of one cluster.
 pub async fn connect_with_failover(kubeconfig: Option<&Path>, servers: &[String]) -> Result<kube::Client> {
-    let config = load(kubeconfig).await?;
+    let config = load(kubeconfig, None).await?;
     let mut urls = vec![config.cluster_url.to_string()];
     for server in servers {
         let same = |u: &String| u.trim_end_matches('/') == server.trim_end_matches('/');
@@ -80,16 +85,20 @@ impl tower_service::Service<http::Request<kube::client::Body>> for Failover {
     }
 }
 
-async fn load(kubeconfig: Option<&Path>) -> Result<kube::Config> {
+async fn load(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Config> {
     let failed =
         |context: String| move |e: kube::config::KubeconfigError| Error::Client { context, message: e.to_string() };
+    let options = KubeConfigOptions { context: context.map(str::to_owned), ..KubeConfigOptions::default() };
     match kubeconfig {
         Some(path) => {
             let shown = path.display();
             let file = Kubeconfig::read_from(path).map_err(failed(format!("read the kubeconfig {shown}")))?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(failed(format!("use the kubeconfig {shown}")))
+        }
+        None if context.is_some() => {
+            kube::Config::from_kubeconfig(&options).await.map_err(failed("use the kubeconfig's context".to_owned()))
         }
         None => kube::Config::infer()
             .await

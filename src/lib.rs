@@ -10,6 +10,7 @@ pub mod client;
 pub mod error;
 pub mod executor;
 pub mod exit_code;
+pub mod inventory;
 pub mod labels;
 pub mod plan;
 pub mod planner;

@@ -48,6 +48,22 @@ pub enum Command {
         /// `text` for review, `json` for tools, `dot` (Graphviz) or `mermaid` for pictures.
         #[arg(long, short, value_enum, default_value_t = PreviewFormat::Text)]
         output: PreviewFormat,
+        /// Survey the cluster as this snapshot has it (`kubectl get nodes,pods,pdb,deploy,sts,ds -A -o yaml`).
+        #[command(flatten)]
+        cluster: ClusterSource,
+    },
+    /// Write a starting plan for a cluster: service nodes one at a time, then workstations
+    /// in batches. Prints the YAML on stdout.
+    Init {
+        /// Where the cluster's nodes come from.
+        #[command(flatten)]
+        cluster: ClusterSource,
+        /// Workstations per batch.
+        #[arg(long, default_value_t = 20)]
+        batch_size: usize,
+        /// The plan's `metadata.name`.
+        #[arg(long, default_value = "upgrade")]
+        name: String,
     },
     /// Run (or resume) a rollout against the cluster.
     Apply(rollout::ApplyArgs),
@@ -65,6 +81,42 @@ pub enum Command {
         #[command(subcommand)]
         command: sim::SimCommand,
     },
+}
+
+/// A cluster to read: a snapshot file, or a live API server through a kubeconfig.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterSource {
+    /// A snapshot file: `kubectl get nodes,pods,pdb,deploy,sts,ds -A -o yaml`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kubeconfig", "context"])]
+    pub snapshot: Option<PathBuf>,
+    /// A live cluster's kubeconfig.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (the current one otherwise).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl ClusterSource {
+    fn given(&self) -> bool {
+        self.snapshot.is_some() || self.kubeconfig.is_some() || self.context.is_some()
+    }
+
+    /// Reads the cluster's inventory.
+    fn read(&self) -> Result<planner::Inventory> {
+        if let Some(path) = &self.snapshot {
+            return crate::inventory::from_snapshot(path);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
+            action: "start",
+            path: "the async runtime".into(),
+            source,
+        })?;
+        runtime.block_on(async {
+            let client = crate::client::connect_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+            crate::inventory::from_cluster(&client).await
+        })
+    }
 }
 
 /// When to colour output.
@@ -129,7 +181,12 @@ pub fn run(cli: Cli) -> Result<i32> {
     let color = use_color(cli.color);
     match cli.command {
         Command::Check { plans, output } => check(&plans, output, color),
-        Command::Preview { plan, output } => preview(&plan, output, color),
+        Command::Preview { plan, output, cluster } => preview(&plan, output, &cluster, color),
+        Command::Init { cluster, batch_size, name } => {
+            let inventory = cluster.read()?;
+            print!("{}", crate::plan::starter::starter(&name, &inventory, batch_size));
+            Ok(exit_code::SUCCESS)
+        }
         Command::Schema => {
             println!("{}", schema_json()?);
             Ok(exit_code::SUCCESS)
@@ -199,17 +256,32 @@ fn check(paths: &[PathBuf], output: OutputFormat, color: bool) -> Result<i32> {
     Ok(if invalid > 0 { exit_code::INVALID_PLAN } else { exit_code::SUCCESS })
 }
 
-fn preview(path: &std::path::Path, output: PreviewFormat, color: bool) -> Result<i32> {
+fn preview(path: &std::path::Path, output: PreviewFormat, cluster: &ClusterSource, color: bool) -> Result<i32> {
     let checked = plan::check_file(path);
     let Some(plan) = checked.plan else { return Err(Error::InvalidPlan(checked.diagnostics)) };
     if !checked.diagnostics.is_empty() {
         eprint!("{}", render_diagnostics(&checked.diagnostics, color));
     }
-    let planned =
-        planner::build(&plan).map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
+    let inventory = if cluster.given() { Some(cluster.read()?) } else { None };
+    let planned = planner::build_with(&plan, inventory.as_ref())
+        .map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
+    let survey = inventory.as_ref().map(|i| planner::survey::survey(&plan, &planned, i));
     let text = match output {
-        PreviewFormat::Text => planner::render::text(&plan, &planned),
-        PreviewFormat::Json => planner::render::json(&plan, &planned)? + "\n",
+        PreviewFormat::Text => {
+            let mut text = planner::render::text(&plan, &planned);
+            if let Some(survey) = &survey {
+                text.push_str(&planner::survey::text(survey));
+            }
+            text
+        }
+        PreviewFormat::Json => match &survey {
+            None => planner::render::json(&plan, &planned)? + "\n",
+            Some(survey) => {
+                let mut value: serde_json::Value = serde_json::from_str(&planner::render::json(&plan, &planned)?)?;
+                value["survey"] = serde_json::to_value(survey)?;
+                serde_json::to_string_pretty(&value)? + "\n"
+            }
+        },
         PreviewFormat::Dot => planner::render::dot(&plan, &planned),
         PreviewFormat::Mermaid => planner::render::mermaid(&planned),
     };

@@ -133,7 +133,7 @@ pub async fn inventory(client: &kube::Client, patience: &Patience) -> Result<Inv
         .into_iter()
         .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.labels.unwrap_or_default()))
         .collect();
-    Ok(Inventory { nodes })
+    Ok(Inventory { nodes, ..Inventory::default() })
 }
 
 /// Plans against the live cluster: selectors resolved, every named node present.

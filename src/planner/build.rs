@@ -90,11 +90,50 @@ pub enum MemberSource {
     ServiceNodes,
 }
 
-/// The cluster's nodes with their labels, to resolve selector batches against.
+/// What the cluster holds, as far as planning cares: nodes with their labels (to resolve
+/// selector batches), and pods and disruption budgets (for the preview's survey).
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     /// Node name → labels.
     pub nodes: BTreeMap<String, BTreeMap<String, String>>,
+    /// Pods bound to a node.
+    pub pods: Vec<PodFacts>,
+    /// PodDisruptionBudgets.
+    pub budgets: Vec<BudgetFacts>,
+}
+
+/// What the drain needs to know of a pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodFacts {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotation keys.
+    pub annotations: BTreeSet<String>,
+    /// Controlled by a DaemonSet.
+    pub daemon_set: bool,
+    /// A static (mirror) pod.
+    pub mirror: bool,
+    /// Succeeded or Failed.
+    pub terminal: bool,
+}
+
+/// A PodDisruptionBudget's selector and what it allows now.
+#[derive(Debug, Clone)]
+pub struct BudgetFacts {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.selector` as JSON.
+    pub selector: serde_json::Value,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i64,
 }
 
 /// Builds the step graph of a plan whose batches all list their nodes.

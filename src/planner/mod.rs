@@ -6,8 +6,9 @@ pub mod estimate;
 pub mod graph;
 pub mod invariants;
 pub mod render;
+pub mod survey;
 
-pub use build::{Inventory, Planned, build, build_with};
+pub use build::{BudgetFacts, Inventory, Planned, PodFacts, build, build_with};
 pub use graph::{Action, Step, StepGraph};
 
 /// Why a plan cannot be turned into a graph.
@@ -15,7 +16,7 @@ pub use graph::{Action, Step, StepGraph};
 pub enum PlannerError {
     /// A batch selects nodes by label and no cluster inventory was given to resolve it.
     #[error(
-        "batch `{batch}` selects its nodes with `{selector}`, which needs the cluster's node list; until preview can read one, list the batch's nodes by name"
+        "batch `{batch}` selects its nodes with `{selector}`, which needs the cluster's node list; give it with --snapshot FILE or --kubeconfig PATH, or list the batch's nodes by name"
     )]
     UnresolvedSelector {
         /// The batch.

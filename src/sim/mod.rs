@@ -35,7 +35,7 @@ pub use cluster::Behaviour;
 pub use control::{AdvanceRequest, RebootRequest, UpgradeRequest, parse_duration};
 pub use faults::FaultSettings;
 pub use generate::{GenerateOptions, NodeSpec};
-pub use snapshot::SnapshotError;
+pub use snapshot::{SnapshotError, read_items};
 
 use cluster::Cluster;
 use faults::Faults;

@@ -59,19 +59,7 @@ pub(crate) struct Snapshot {
 
 /// Reads a snapshot file.
 pub(crate) fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Read { path: shown.clone(), source })?;
-    let format = |message: String| SnapshotError::Format { path: shown.clone(), message };
-    let document: Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(&text).map_err(|e| format(e.to_string()))?
-    } else {
-        serde_saphyr::from_str(&text).map_err(|e| format(e.to_string()))?
-    };
-    let items = match document["items"].as_array() {
-        Some(items) => items.clone(),
-        None if document["kind"].is_string() => vec![document.clone()],
-        None => return Err(format("it has neither `items` (a List) nor a `kind` (one object)".to_owned())),
-    };
+    let items = read_items(path)?;
     let mut warnings = Vec::new();
     let mut known = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -85,6 +73,23 @@ pub(crate) fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         }
     }
     Ok(Snapshot { items: known, warnings })
+}
+
+/// The objects of a snapshot file (a YAML or JSON `List`, or one object), as JSON values.
+pub fn read_items(path: &Path) -> Result<Vec<Value>, SnapshotError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Read { path: shown.clone(), source })?;
+    let format = |message: String| SnapshotError::Format { path: shown.clone(), message };
+    let document: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).map_err(|e| format(e.to_string()))?
+    } else {
+        serde_saphyr::from_str(&text).map_err(|e| format(e.to_string()))?
+    };
+    match document["items"].as_array() {
+        Some(items) => Ok(items.clone()),
+        None if document["kind"].is_string() => Ok(vec![document]),
+        None => Err(format("it has neither `items` (a List) nor a `kind` (one object)".to_owned())),
+    }
 }
 
 /// Loads snapshot items into an empty cluster.

@@ -79,3 +79,98 @@ fn invalid_and_unplannable_plans_exit_1() {
         .code(1)
         .stderr(predicates::str::contains("batch `render-farm` selects its nodes"));
 }
+
+mod with_a_cluster {
+    use serde_json::Value;
+
+    use crate::harness::{SimProcess, noderoll};
+
+    /// A snapshot of a simulated studio where ws01 and ws02 sit in rack r1 and coredns has a
+    /// budget that allows no disruption.
+    fn snapshot(sim: &SimProcess) -> std::path::PathBuf {
+        sim.kubectl_ok(&["label", "node", "ws01", "ws02", "rack=r1"]);
+        let pdb = sim.dir.path().join("pdb.yaml");
+        std::fs::write(
+            &pdb,
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: strict, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
+        )
+        .expect("write");
+        sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+        sim.eventually("the PDB has a status", || {
+            sim.kubectl_ok(&["get", "pdb", "-n", "kube-system", "strict", "-o", "jsonpath={.status.expectedPods}"])
+                == "1"
+        });
+        let yaml = sim.kubectl_ok(&["get", "nodes,pods,pdb,deploy,sts,ds", "-A", "-o", "yaml"]);
+        let path = sim.dir.path().join("snapshot.yaml");
+        std::fs::write(&path, yaml).expect("write snapshot");
+        path
+    }
+
+    #[test]
+    fn preview_with_a_snapshot_resolves_selectors_and_surveys_the_nodes() {
+        let sim = SimProcess::start(&[]);
+        let snapshot = snapshot(&sim);
+        let out = noderoll()
+            .args(["preview", "plans/cilium-bgp.yaml", "--output", "json", "--snapshot"])
+            .arg(&snapshot)
+            .assert()
+            .success();
+        let preview: Value = serde_json::from_slice(&out.get_output().stdout).expect("JSON");
+        let farm: Vec<&str> = preview["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter(|s| s["batch"] == "render-farm" && s["action"] == "cordon")
+            .filter_map(|s| s["node"].as_str())
+            .collect();
+        assert_eq!(farm, ["ws01", "ws02"]);
+        let live = noderoll()
+            .args(["preview", "plans/cilium-bgp.yaml", "--output", "json", "--kubeconfig"])
+            .arg(sim.kubeconfig())
+            .assert()
+            .success();
+        let live: Value = serde_json::from_slice(&live.get_output().stdout).expect("JSON");
+        assert_eq!(live["steps"], preview["steps"], "a live cluster and its snapshot plan the same");
+        let survey = &preview["survey"];
+        assert_eq!(survey["uncovered"], serde_json::json!(["ws03", "ws04", "ws05", "ws06"]));
+        let nodes = survey["nodes"].as_array().expect("nodes");
+        let blocked: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n["blockingBudgets"].as_array().is_some_and(|b| b.iter().any(|b| b == "kube-system/strict")))
+            .filter_map(|n| n["node"].as_str())
+            .collect();
+        assert_eq!(blocked.len(), 1, "the one node running coredns: {survey}");
+        let ws01 = nodes.iter().find(|n| n["node"] == "ws01").expect("ws01");
+        assert!(!ws01["sessions"].as_array().expect("sessions").is_empty(), "{ws01}");
+        assert!(
+            ws01["leftAlone"]
+                .as_array()
+                .expect("left")
+                .iter()
+                .any(|p| p.as_str().is_some_and(|p| p.contains("svclb-traefik")))
+        );
+
+        let text =
+            noderoll().args(["preview", "plans/external-lb.yaml", "--snapshot"]).arg(&snapshot).assert().success();
+        let text = String::from_utf8_lossy(&text.get_output().stdout).into_owned();
+        assert!(text.contains("plan nodes the cluster does not have: cp-a, cp-b, cp-c"), "{text}");
+    }
+
+    #[test]
+    fn init_writes_a_plan_that_check_accepts() {
+        let sim = SimProcess::start(&[]);
+        let snapshot = snapshot(&sim);
+        let out = noderoll()
+            .args(["init", "--batch-size", "4", "--name", "studio", "--snapshot"])
+            .arg(&snapshot)
+            .assert()
+            .success();
+        let plan = sim.dir.path().join("init.yaml");
+        std::fs::write(&plan, &out.get_output().stdout).expect("write");
+        let checked = noderoll().arg("check").arg(&plan).assert().success();
+        let text = String::from_utf8_lossy(&checked.get_output().stdout).into_owned();
+        assert!(text.contains("3 batch(es), 9 node(s) by name"), "{text}");
+        let yaml = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(yaml.contains("nodes: [cp1, cp2, cp3]") && yaml.contains("nodes: [ws01, ws02, ws03, ws04]"), "{yaml}");
+    }
+}

@@ -1,0 +1,158 @@
+//! What a rollout will meet in the cluster as it is now: per node, the pods the drain will
+//! evict, the sessions still running, the DaemonSet pods left alone and the disruption
+//! budgets that would block right now; and the mismatches between plan and cluster (nodes
+//! no batch covers, plan nodes the cluster lacks, roles that contradict node labels).
+//! Pure: the cluster's contents come in as an [`Inventory`].
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::build::{Inventory, Planned};
+use crate::labels::selector_matches;
+use crate::plan::Plan;
+use crate::plan::model::Role;
+
+/// Labels that say a node serves (control plane, etcd, Juno services).
+pub const SERVICE_LABELS: [&str; 4] = [
+    "juno-innovations.com/service",
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/etcd",
+    "node-role.kubernetes.io/master",
+];
+/// The label Juno puts on workstation nodes.
+const WORKSTATION_LABEL: &str = "juno-innovations.com/workstation";
+
+/// One plan node as the cluster has it now.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSurvey {
+    /// The node.
+    pub node: String,
+    /// Its batch.
+    pub batch: String,
+    /// Pods the drain will evict (`namespace/name`).
+    pub evict: Vec<String>,
+    /// Session pods on it now.
+    pub sessions: Vec<String>,
+    /// DaemonSet and mirror pods the drain leaves alone.
+    pub left_alone: Vec<String>,
+    /// PDBs (`namespace/name`) covering a pod to evict that allow no disruption now.
+    pub blocking_budgets: Vec<String>,
+}
+
+/// The whole survey.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Survey {
+    /// Plan nodes, in plan order.
+    pub nodes: Vec<NodeSurvey>,
+    /// Cluster nodes no batch covers.
+    pub uncovered: Vec<String>,
+    /// Plan nodes the cluster does not have.
+    pub missing: Vec<String>,
+    /// Nodes whose labels contradict their batch's role, with the reason.
+    pub role_conflicts: Vec<String>,
+}
+
+/// Whether any of `keys` is set (to anything but `false`).
+pub fn has_any(labels: &std::collections::BTreeMap<String, String>, keys: &[&str]) -> bool {
+    keys.iter().any(|k| labels.get(*k).is_some_and(|v| v != "false"))
+}
+
+/// Surveys the cluster for a planned rollout.
+pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
+    let mut result = Survey::default();
+    let covered: BTreeSet<&str> = planned.chains.iter().map(|c| c.node.as_str()).collect();
+    result.uncovered = inventory.nodes.keys().filter(|n| !covered.contains(n.as_str())).cloned().collect();
+    for chain in &planned.chains {
+        let batch = &plan.batches[chain.batch];
+        let Some(labels) = inventory.nodes.get(&chain.node) else {
+            result.missing.push(chain.node.clone());
+            continue;
+        };
+        let serves = has_any(labels, &SERVICE_LABELS);
+        let works = has_any(labels, &[WORKSTATION_LABEL]);
+        match batch.role {
+            Role::Service if works && !serves => result.role_conflicts.push(format!(
+                "{} is in service batch `{}` but is labelled `{WORKSTATION_LABEL}`",
+                chain.node, batch.name
+            )),
+            Role::Workstation if serves => result.role_conflicts.push(format!(
+                "{} is in workstation batch `{}` but carries a control-plane, etcd or service label; etcd quorum is only guarded for service batches",
+                chain.node, batch.name
+            )),
+            _ => {}
+        }
+        let mut node = NodeSurvey {
+            node: chain.node.clone(),
+            batch: batch.name.clone(),
+            evict: Vec::new(),
+            sessions: Vec::new(),
+            left_alone: Vec::new(),
+            blocking_budgets: Vec::new(),
+        };
+        let mut blocking = BTreeSet::new();
+        for pod in inventory.pods.iter().filter(|p| p.node == chain.node && !p.terminal) {
+            let key = format!("{}/{}", pod.namespace, pod.name);
+            let drain = &batch.settings.drain;
+            if pod.mirror || (pod.daemon_set && drain.ignore_daemon_sets) {
+                node.left_alone.push(key);
+                continue;
+            }
+            if drain.pod_selector.as_ref().is_some_and(|s| !s.matches(&pod.labels)) {
+                node.left_alone.push(key);
+                continue;
+            }
+            if pod.annotations.contains(&batch.settings.sessions.annotation) {
+                node.sessions.push(key.clone());
+            }
+            for budget in inventory.budgets.iter().filter(|b| b.namespace == pod.namespace) {
+                if budget.disruptions_allowed <= 0 && selector_matches(&budget.selector, &pod.labels) {
+                    blocking.insert(format!("{}/{}", budget.namespace, budget.name));
+                }
+            }
+            node.evict.push(key);
+        }
+        node.blocking_budgets = blocking.into_iter().collect();
+        result.nodes.push(node);
+    }
+    result
+}
+
+fn sample(items: &[String]) -> String {
+    let shown = items.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > 4 { format!("{shown} and {} more", items.len() - 4) } else { shown }
+}
+
+/// The survey as text for the preview.
+pub fn text(survey: &Survey) -> String {
+    let mut out = String::from("\nCluster survey (as the cluster is now)\n");
+    for n in &survey.nodes {
+        let _ = write!(out, "  {:<16} {:>3} pod(s) to evict", n.node, n.evict.len());
+        if !n.sessions.is_empty() {
+            let _ = write!(out, ", {} session(s)", n.sessions.len());
+        }
+        if !n.left_alone.is_empty() {
+            let _ = write!(out, ", {} left alone (DaemonSet/mirror)", n.left_alone.len());
+        }
+        out.push('\n');
+        if !n.blocking_budgets.is_empty() {
+            let _ = writeln!(out, "      blocked now by PDB {} (disruptionsAllowed 0)", n.blocking_budgets.join(", "));
+        }
+        if !n.sessions.is_empty() {
+            let _ = writeln!(out, "      sessions: {}", sample(&n.sessions));
+        }
+    }
+    if !survey.missing.is_empty() {
+        let _ = writeln!(out, "  plan nodes the cluster does not have: {}", survey.missing.join(", "));
+    }
+    if !survey.uncovered.is_empty() {
+        let _ = writeln!(out, "  cluster nodes no batch covers: {}", sample(&survey.uncovered));
+    }
+    for conflict in &survey.role_conflicts {
+        let _ = writeln!(out, "  role: {conflict}");
+    }
+    out
+}
