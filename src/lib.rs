@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod client;
 pub mod error;
+pub mod etcd;
 pub mod executor;
 pub mod exit_code;
 pub mod inventory;

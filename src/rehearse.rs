@@ -287,6 +287,7 @@ async fn run(
             upgrade_override: upgrade_overrides(&plan, &options.program, &kubeconfig)?,
             skip_verify_hook: true,
         },
+        read_etcd: false,
     };
     let window = plan.window.clone();
     let record = plan.load_balancer.dns.as_ref().map(|d| d.name.clone()).unwrap_or_default();

@@ -51,6 +51,9 @@ pub enum Command {
         /// Survey the cluster as this snapshot has it (`kubectl get nodes,pods,pdb,deploy,sts,ds -A -o yaml`).
         #[command(flatten)]
         cluster: ClusterSource,
+        /// Read etcd's health live from `quorum.etcd.endpoints` and show it (text output).
+        #[arg(long)]
+        etcd: bool,
     },
     /// Write a starting plan for a cluster: service nodes one at a time, then workstations
     /// in batches. Prints the YAML on stdout.
@@ -181,7 +184,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     let color = use_color(cli.color);
     match cli.command {
         Command::Check { plans, output } => check(&plans, output, color),
-        Command::Preview { plan, output, cluster } => preview(&plan, output, &cluster, color),
+        Command::Preview { plan, output, cluster, etcd } => preview(&plan, output, &cluster, etcd, color),
         Command::Init { cluster, batch_size, name } => {
             let inventory = cluster.read()?;
             print!("{}", crate::plan::starter::starter(&name, &inventory, batch_size));
@@ -256,7 +259,13 @@ fn check(paths: &[PathBuf], output: OutputFormat, color: bool) -> Result<i32> {
     Ok(if invalid > 0 { exit_code::INVALID_PLAN } else { exit_code::SUCCESS })
 }
 
-fn preview(path: &std::path::Path, output: PreviewFormat, cluster: &ClusterSource, color: bool) -> Result<i32> {
+fn preview(
+    path: &std::path::Path,
+    output: PreviewFormat,
+    cluster: &ClusterSource,
+    read_etcd: bool,
+    color: bool,
+) -> Result<i32> {
     let checked = plan::check_file(path);
     let Some(plan) = checked.plan else { return Err(Error::InvalidPlan(checked.diagnostics)) };
     if !checked.diagnostics.is_empty() {
@@ -266,11 +275,15 @@ fn preview(path: &std::path::Path, output: PreviewFormat, cluster: &ClusterSourc
     let planned = planner::build_with(&plan, inventory.as_ref())
         .map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
     let survey = inventory.as_ref().map(|i| planner::survey::survey(&plan, &planned, i));
+    let etcd = if read_etcd { live_etcd(&plan, &planned) } else { None };
     let text = match output {
         PreviewFormat::Text => {
             let mut text = planner::render::text(&plan, &planned);
             if let Some(survey) = &survey {
                 text.push_str(&planner::survey::text(survey));
+            }
+            if let Some(etcd) = &etcd {
+                text.push_str(etcd);
             }
             text
         }
@@ -287,6 +300,46 @@ fn preview(path: &std::path::Path, output: PreviewFormat, cluster: &ClusterSourc
     };
     print!("{text}");
     Ok(exit_code::SUCCESS)
+}
+
+/// etcd's health read live when the plan names its endpoints: members, healthy, leader,
+/// and members that map to no node of the plan (by name).
+fn live_etcd(plan: &plan::Plan, planned: &planner::Planned) -> Option<String> {
+    let settings = plan.quorum.etcd.as_ref()?;
+    let read = async {
+        let etcd = crate::etcd::Etcd::new(settings).map_err(|e| e.to_string())?;
+        tokio::time::timeout(std::time::Duration::from_secs(5), etcd.health())
+            .await
+            .map_err(|_| "no answer within 5s".to_owned())?
+            .map_err(|e| e.to_string())
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    Some(match runtime.block_on(read) {
+        Err(e) => format!("\netcd (live): cannot read it: {e}; the gate will wait for it during apply\n"),
+        Ok(health) => {
+            let nodes: std::collections::BTreeMap<String, Vec<String>> =
+                planned.chains.iter().map(|c| (c.node.clone(), Vec::new())).collect();
+            let leader = health.members.iter().find(|m| m.leader).map_or("none", |m| m.name.as_str());
+            let mut text = format!(
+                "\netcd (live): {} member(s), {} healthy, leader {leader}\n",
+                health.members.len(),
+                health.healthy()
+            );
+            for m in health.members.iter().filter(|m| !m.healthy) {
+                text.push_str(&format!("  unhealthy: {} ({})\n", m.name, m.problem.clone().unwrap_or_default()));
+            }
+            let unmapped: Vec<&str> = health
+                .members
+                .iter()
+                .filter(|m| crate::etcd::node_of(m, &nodes).is_none())
+                .map(|m| m.name.as_str())
+                .collect();
+            if !unmapped.is_empty() {
+                text.push_str(&format!("  members matching no node of the plan by name: {}\n", unmapped.join(", ")));
+            }
+            text
+        }
+    })
 }
 
 /// Renders diagnostics with miette's graphical handler: the file:line:col, the offending

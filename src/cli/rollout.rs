@@ -271,6 +271,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
                 env,
                 ..HookSettings::default()
             },
+            read_etcd: true,
         };
         approvals_from_stdin(journal_path);
         let outcome = executor::apply(client, plan, &text, &options, None, observer(args.output), interrupted())

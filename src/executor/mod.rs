@@ -58,6 +58,9 @@ pub struct Options {
     pub windows: WindowMode,
     /// Hook logs, environment and overrides.
     pub hooks: HookSettings,
+    /// Read quorum from the plan's etcd endpoints (a rehearsal's cluster has no etcd: its
+    /// gate counts Ready etcd-role nodes instead).
+    pub read_etcd: bool,
 }
 
 /// How a run ended (errors aside).
@@ -106,6 +109,9 @@ pub enum ExecError {
     /// The plan cannot be turned into steps for this cluster.
     #[error(transparent)]
     Planner(#[from] PlannerError),
+    /// etcd's client cannot be set up (TLS files).
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
     /// Reading the cluster failed.
     #[error("cannot {context}: {source}")]
     Api {
@@ -225,11 +231,16 @@ async fn run(
             .collect(),
     })?;
     let journal = Arc::new(Mutex::new(journal));
+    let etcd = match &plan.quorum.etcd {
+        Some(settings) if options.read_etcd => Some(crate::etcd::Etcd::new(settings)?),
+        _ => None,
+    };
     let (approvals, approved) = watch::channel(replay.approved.clone());
     let ctx = Arc::new(Context {
         client,
         plan: Arc::new(plan),
         patience: options.patience.clone(),
+        etcd,
         time_scale: options.time_scale,
         observer: observer.clone(),
         dns,

@@ -3,6 +3,7 @@
 mod check;
 mod harness;
 mod preview;
+mod quorum;
 mod rollout;
 mod schema;
 mod sim_kube;

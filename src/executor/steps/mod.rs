@@ -88,6 +88,8 @@ pub struct Context {
     pub time_scale: f64,
     /// Where events go.
     pub observer: Arc<dyn Observer>,
+    /// etcd's own health, when the plan names its endpoints.
+    pub etcd: Option<crate::etcd::Etcd>,
     /// The ServiceLB DNS record, when the plan has one.
     pub dns: Option<Arc<dyn DnsProvider>>,
     /// Hooks: logs, environment, rehearsal overrides.
@@ -168,7 +170,12 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::BatchStart | Action::BatchDone, _) => Ok(Value::Null),
         (Action::Window, _) => gates::window(ctx, step).await,
         (Action::Quorum, _) => gates::quorum(ctx, step).await,
-        (Action::Cordon, _) => node::set_unschedulable(ctx, step, true).await,
+        (Action::Cordon, Some(batch)) => {
+            if batch.role == crate::plan::model::Role::Service {
+                gates::etcd_before_leaving(ctx, step).await?;
+            }
+            node::set_unschedulable(ctx, step, true).await
+        }
         (Action::Uncordon, _) => node::set_unschedulable(ctx, step, false).await,
         (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
         (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
@@ -177,12 +184,24 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::WaitSessions, Some(batch)) => sessions::wait(ctx, step, &batch.settings.sessions).await,
         (Action::Drain, Some(batch)) => drain::drain(ctx, step, &batch.settings.drain).await,
         (Action::Upgrade, Some(batch)) => ready::upgrade(ctx, step, batch, detail, resumed).await,
-        (Action::WaitReady, Some(batch)) => ready::wait_ready(ctx, step, batch).await,
+        (Action::WaitReady, Some(batch)) => {
+            let ready = ready::wait_ready(ctx, step, batch).await?;
+            if batch.role == crate::plan::model::Role::Service {
+                gates::etcd_after_return(ctx, step).await?;
+            }
+            Ok(ready)
+        }
         (Action::Verify, Some(batch)) => ready::verify(ctx, step, batch).await,
         (Action::Approve, _) => approve(ctx, step).await,
-        (Action::WaitSessions | Action::Drain | Action::Upgrade | Action::WaitReady | Action::Verify, None) => {
-            Err(StepError::Verify(format!("step {} names no batch of the plan", step.id)))
-        }
+        (
+            Action::Cordon
+            | Action::WaitSessions
+            | Action::Drain
+            | Action::Upgrade
+            | Action::WaitReady
+            | Action::Verify,
+            None,
+        ) => Err(StepError::Verify(format!("step {} names no batch of the plan", step.id))),
     }
 }
 

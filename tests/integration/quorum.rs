@@ -1,0 +1,213 @@
+//! The quorum gate against a real 3-member etcd on loopback ports: members named after the
+//! simulator's control-plane nodes (cp1..cp3), so the executor maps them to nodes by name.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{SimProcess, noderoll};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// Three etcd members in a temp dir; dropping it kills them all.
+struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<(String, u16, u16)>,
+    running: Vec<Option<Child>>,
+}
+
+impl EtcdCluster {
+    fn start() -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: Vec<(String, u16, u16)> = (1..=3).map(|i| (format!("cp{i}"), free_port(), free_port())).collect();
+        let mut cluster = EtcdCluster { dir, members, running: Vec::new() };
+        cluster.running = (0..3).map(|i| Some(cluster.spawn(i))).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(0..3).all(|i| cluster.healthy(i)) {
+            assert!(Instant::now() < deadline, "etcd did not become healthy within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let initial: Vec<String> =
+            self.members.iter().map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}")).collect();
+        let (name, client, peer) = &self.members[i];
+        let data = self.dir.path().join(name);
+        let state = if data.exists() { "existing" } else { "new" };
+        Command::new("etcd")
+            .args(["--name", name, "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", "noderoll"])
+            .args(["--initial-cluster-state", state, "--logger", "zap", "--log-outputs"])
+            .arg(self.dir.path().join(format!("{name}.log")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts (scripts/test installs etcd-server)")
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        let url = format!("127.0.0.1:{}", self.members[i].1);
+        let Ok(mut stream) = std::net::TcpStream::connect(&url) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        use std::io::{Read, Write};
+        let _ = write!(stream, "GET /health HTTP/1.0\r\nHost: {url}\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.contains("\"health\":\"true\"")
+    }
+
+    fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|(_, client, _)| format!("\"http://127.0.0.1:{client}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.running[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.running[i] = Some(self.spawn(i));
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.running.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A plan for the simulator's control plane with etcd as quorum source.
+fn plan(dir: &Path, etcd: &EtcdCluster, timeout: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: quorum}}\nspec:\n  loadBalancer: {{mode: external}}\n  quorum:\n    etcd: {{endpoints: [{}]}}\n    timeout: {timeout}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n",
+        etcd.endpoints()
+    );
+    let path = dir.join("quorum.yaml");
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+fn apply(sim: &SimProcess, plan: &Path) -> Child {
+    let binary = assert_cmd::cargo::cargo_bin("noderoll");
+    let mut paths = vec![binary.parent().expect("folder").to_owned()];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    Command::new(&binary)
+        .arg("apply")
+        .arg(plan)
+        .arg("--kubeconfig")
+        .arg(sim.kubeconfig())
+        .args(["--yes", "--output", "json"])
+        .env("PATH", std::env::join_paths(paths).expect("PATH"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply starts")
+}
+
+fn unschedulable(sim: &SimProcess, node: &str) -> bool {
+    sim.kubectl_ok(&["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"]) == "true"
+}
+
+#[test]
+fn a_healthy_etcd_lets_the_control_plane_roll_through() {
+    let etcd = EtcdCluster::start();
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), &etcd, "20s");
+    let out = apply(&sim, &plan).wait_with_output().expect("apply ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(events.iter().any(|e| e["event"] == "step-finished" && e["step"] == "batch/control-plane/quorum"));
+    for node in ["cp1", "cp2", "cp3"] {
+        assert!(!unschedulable(&sim, node));
+    }
+    // The preview reads the same etcd live.
+    let preview = noderoll().arg("preview").arg(&plan).arg("--etcd").assert().success();
+    let text = String::from_utf8_lossy(&preview.get_output().stdout).into_owned();
+    assert!(text.contains("etcd (live): 3 member(s), 3 healthy"), "{text}");
+}
+
+#[test]
+fn a_stopped_member_blocks_the_next_control_plane_node_until_it_is_back() {
+    let mut etcd = EtcdCluster::start();
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), &etcd, "2m");
+    etcd.kill(2);
+    let mut child = apply(&sim, &plan);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let mut reason = String::new();
+    for line in lines.by_ref() {
+        let event: Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["event"] == "step-progress"
+            && event["message"].as_str().is_some_and(|m| m.contains("waiting for etcd"))
+        {
+            reason = event["message"].as_str().unwrap_or_default().to_owned();
+            break;
+        }
+    }
+    assert!(reason.contains("cp3"), "the wait names the unhealthy member: {reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!unschedulable(&sim, "cp1"), "no control-plane node is taken out while a member is down");
+    etcd.restart(2);
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().expect("apply ends");
+    assert!(status.success(), "{}", rest.join("\n"));
+    for node in ["cp1", "cp2", "cp3"] {
+        assert!(!unschedulable(&sim, node));
+    }
+}
+
+#[test]
+fn a_member_that_never_comes_back_halts_with_its_node_cordoned() {
+    let mut etcd = EtcdCluster::start();
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), &etcd, "3s");
+    let mut child = apply(&sim, &plan);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    for line in lines.by_ref() {
+        if line.contains("\"step-started\"") && line.contains("cp1/upgrade") {
+            break;
+        }
+    }
+    etcd.kill(0); // cp1's member goes down with its node and stays down
+    let rest: Vec<String> = lines.collect();
+    let status = child.wait().expect("apply ends");
+    assert_eq!(status.code(), Some(4), "{}", rest.join("\n"));
+    let halted: Value = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "halted")
+        .expect("halted");
+    assert_eq!(halted["cordoned"], serde_json::json!(["cp1"]));
+    let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cp1's etcd member") && error.contains("stays cordoned"), "{error}");
+    assert!(unschedulable(&sim, "cp1") && !unschedulable(&sim, "cp2"));
+    let journal = std::fs::read_to_string(sim.dir.path().join(".noderoll/quorum.journal")).expect("journal");
+    assert!(
+        journal.contains("\"step-failed\"") && journal.contains("cp1/wait-ready") && journal.contains("\"halted\"")
+    );
+}
