@@ -63,6 +63,8 @@ pub struct Member {
     pub leader: bool,
     /// Its raft index, when it answered.
     pub raft_index: Option<u64>,
+    /// Raised alarms (NOSPACE, CORRUPT), as its status reports them.
+    pub alarms: Vec<String>,
     /// Why it is not healthy.
     pub problem: Option<String>,
 }
@@ -193,6 +195,7 @@ impl Etcd {
                 healthy: false,
                 leader: false,
                 raft_index: None,
+                alarms: Vec::new(),
                 problem: None,
             };
             let Some(url) = member.client_urls.first().cloned() else {
@@ -200,18 +203,26 @@ impl Etcd {
                 members.push(member);
                 continue;
             };
-            match (self.call(&url, "/health", false).await, self.call(&url, "/v3/maintenance/status", true).await) {
-                (Ok(health), Ok(status)) => {
+            let health = self.call(&url, "/health", false).await;
+            match self.call(&url, "/v3/maintenance/status", true).await {
+                Ok(status) => {
                     let errors = strings(&status["errors"]);
+                    member.alarms = errors
+                        .iter()
+                        .filter_map(|e| e.split_once("alarm:").map(|(_, a)| a.trim().to_owned()))
+                        .collect();
                     member.raft_index = status["raftIndex"].as_str().and_then(|s| s.parse().ok());
                     member.leader = status["leader"].as_str() == Some(member.id.as_str());
-                    member.healthy = health["health"] == "true" && errors.is_empty();
+                    member.healthy = errors.is_empty() && health.as_ref().is_ok_and(|h| h["health"] == "true");
                     if !member.healthy {
-                        member.problem =
-                            Some(if errors.is_empty() { format!("health {health}") } else { errors.join("; ") });
+                        member.problem = Some(match (errors.is_empty(), health) {
+                            (false, _) => errors.join("; "),
+                            (true, Err(e)) => e,
+                            (true, Ok(h)) => format!("health {h}"),
+                        });
                     }
                 }
-                (Err(e), _) | (_, Err(e)) => member.problem = Some(e),
+                Err(e) => member.problem = Some(e),
             }
             members.push(member);
         }
@@ -249,6 +260,7 @@ mod tests {
             healthy: true,
             leader: false,
             raft_index: None,
+            alarms: Vec::new(),
             problem: None,
         }
     }

@@ -57,15 +57,21 @@ impl EtcdCluster {
             .expect("etcd starts (scripts/test installs etcd-server)")
     }
 
-    fn healthy(&self, i: usize) -> bool {
-        let url = format!("127.0.0.1:{}", self.members[i].1);
-        let Ok(mut stream) = std::net::TcpStream::connect(&url) else { return false };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    /// One HTTP/1.0 request to member `i`'s client port; the whole answer.
+    fn http(&self, i: usize, method: &str, path: &str, body: &str) -> String {
         use std::io::{Read, Write};
-        let _ = write!(stream, "GET /health HTTP/1.0\r\nHost: {url}\r\n\r\n");
+        let url = format!("127.0.0.1:{}", self.members[i].1);
+        let Ok(mut stream) = std::net::TcpStream::connect(&url) else { return String::new() };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ =
+            write!(stream, "{method} {path} HTTP/1.0\r\nHost: {url}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
-        answer.contains("\"health\":\"true\"")
+        answer
+    }
+
+    fn healthy(&self, i: usize) -> bool {
+        self.http(i, "GET", "/health", "").contains("\"health\":\"true\"")
     }
 
     fn endpoints(&self) -> String {
@@ -147,6 +153,27 @@ fn a_healthy_etcd_lets_the_control_plane_roll_through() {
     let preview = noderoll().arg("preview").arg(&plan).arg("--etcd").assert().success();
     let text = String::from_utf8_lossy(&preview.get_output().stdout).into_owned();
     assert!(text.contains("etcd (live): 3 member(s), 3 healthy"), "{text}");
+}
+
+#[test]
+fn an_alarm_makes_a_member_unhealthy_in_the_live_preview() {
+    let etcd = EtcdCluster::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = plan(dir.path(), &etcd, "20s");
+    let status = etcd.http(2, "POST", "/v3/maintenance/status", "{}");
+    let id = status.split("\"member_id\":\"").nth(1).and_then(|r| r.split('"').next()).expect("member id").to_owned();
+    let raised = etcd.http(
+        2,
+        "POST",
+        "/v3/maintenance/alarm",
+        &format!("{{\"action\":\"ACTIVATE\",\"memberID\":\"{id}\",\"alarm\":\"NOSPACE\"}}"),
+    );
+    assert!(raised.contains("NOSPACE"), "{raised}");
+    let preview = noderoll().arg("preview").arg(&plan).arg("--etcd").assert().success();
+    let text = String::from_utf8_lossy(&preview.get_output().stdout).into_owned();
+    // etcd raises an alarm cluster-wide: every member's /health turns false, and its status
+    // names the alarm.
+    assert!(text.contains("unhealthy: cp3") && text.contains("alarm:NOSPACE"), "{text}");
 }
 
 #[test]
