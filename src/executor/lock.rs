@@ -53,6 +53,9 @@ pub enum Taken {
     Cleanly,
     /// `--break-lock` took it from a live holder.
     FromHolder(String),
+    /// The holder was a process on this machine that no longer runs (a crashed or killed
+    /// apply), so its lease was stale before it expired.
+    FromDeadProcess(String),
 }
 
 /// A held lock; renewal runs until [`LockGuard::release`].
@@ -122,15 +125,18 @@ pub async fn acquire(
             Some(mut lease) => {
                 let mut taken = Taken::Cleanly;
                 if let Some((other, age)) = live_holder(&lease).filter(|(h, _)| h != holder) {
-                    if !break_lock {
+                    if dead_here(&other) {
+                        taken = Taken::FromDeadProcess(other);
+                    } else if !break_lock {
                         return Err(LockError::Held {
                             namespace: namespace.to_owned(),
                             name,
                             holder: other,
                             age: format!("{}s", age.as_secs()),
                         });
+                    } else {
+                        taken = Taken::FromHolder(other);
                     }
-                    taken = Taken::FromHolder(other);
                 }
                 lease.spec = Some(spec(holder, true, lease.spec.as_ref()));
                 api.replace(&name, &PostParams::default(), &lease).await.map(|_| taken)
@@ -194,6 +200,14 @@ impl LockGuard {
             }
         }
     }
+}
+
+/// Whether a holder identity names a process on this machine that is gone.
+fn dead_here(holder: &str) -> bool {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let Some((user_host, pid)) = holder.rsplit_once('/') else { return false };
+    let same_host = user_host.rsplit_once('@').is_some_and(|(_, h)| h == host);
+    same_host && pid.parse::<u32>().is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// `user@host/pid`: who holds the lock, as another operator will read it.
