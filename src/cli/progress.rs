@@ -168,6 +168,8 @@ impl Observer for Bars {
                 }
             }
             Event::StepFinished { .. } => self.overall.inc(1),
+            // Gates show in the overall bar; a line each would push the bars around.
+            Event::StepStarted { node: None, .. } => {}
             Event::NodeDone { node, batch } => {
                 if let Some((bar, _)) = state.nodes.remove(node) {
                     bar.finish_and_clear();

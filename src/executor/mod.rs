@@ -247,6 +247,7 @@ async fn run(
         hooks: options.hooks.clone(),
         windows: options.windows,
         approved,
+        chain_starts: planned.chains.iter().map(|c| planned.graph.step(c.first()).id.clone()).collect(),
         finished: Mutex::new(replay.finished.clone()),
     });
     let graph = &planned.graph;

@@ -98,6 +98,9 @@ pub struct Context {
     pub windows: WindowMode,
     /// Nodes approved for uncordon, kept up to date from the journal.
     pub approved: watch::Receiver<BTreeSet<String>>,
+    /// The first step of every node's chain: where a service node leaves service, so where
+    /// etcd must be able to lose its member (before its DNS record is withdrawn, if any).
+    pub chain_starts: BTreeSet<String>,
     /// What finished steps reported, by step id (the upgrade's boot ID before, a label's
     /// old value), for the steps that undo or check them.
     pub finished: Mutex<BTreeMap<String, Value>>,
@@ -166,16 +169,14 @@ pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
 pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> Result<Value, StepError> {
     let node = step.node.as_deref().unwrap_or_default();
     let batch = ctx.batch(step);
+    if batch.is_some_and(|b| b.role == crate::plan::model::Role::Service) && ctx.chain_starts.contains(&step.id) {
+        gates::etcd_before_leaving(ctx, step).await?;
+    }
     match (step.action, batch) {
         (Action::BatchStart | Action::BatchDone, _) => Ok(Value::Null),
         (Action::Window, _) => gates::window(ctx, step).await,
         (Action::Quorum, _) => gates::quorum(ctx, step).await,
-        (Action::Cordon, Some(batch)) => {
-            if batch.role == crate::plan::model::Role::Service {
-                gates::etcd_before_leaving(ctx, step).await?;
-            }
-            node::set_unschedulable(ctx, step, true).await
-        }
+        (Action::Cordon, _) => node::set_unschedulable(ctx, step, true).await,
         (Action::Uncordon, _) => node::set_unschedulable(ctx, step, false).await,
         (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
         (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
@@ -193,15 +194,9 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         }
         (Action::Verify, Some(batch)) => ready::verify(ctx, step, batch).await,
         (Action::Approve, _) => approve(ctx, step).await,
-        (
-            Action::Cordon
-            | Action::WaitSessions
-            | Action::Drain
-            | Action::Upgrade
-            | Action::WaitReady
-            | Action::Verify,
-            None,
-        ) => Err(StepError::Verify(format!("step {} names no batch of the plan", step.id))),
+        (Action::WaitSessions | Action::Drain | Action::Upgrade | Action::WaitReady | Action::Verify, None) => {
+            Err(StepError::Verify(format!("step {} names no batch of the plan", step.id)))
+        }
     }
 }
 
