@@ -350,17 +350,10 @@ async fn address_of(client: &kube::Client, plan: &Plan, node: &str) -> Result<Ip
         .get(node)
         .await
         .map_err(|e| Error::Client { context: format!("read node {node}"), message: e.to_string() })?;
-    found
-        .status
-        .and_then(|s| s.addresses)
-        .into_iter()
-        .flatten()
-        .find(|a| a.type_ == "InternalIP")
-        .and_then(|a| a.address.parse().ok())
-        .ok_or_else(|| Error::Client {
-            context: format!("find the address of {node}"),
-            message: "no InternalIP".into(),
-        })
+    crate::executor::steps::status_address(&found, "InternalIP").ok_or_else(|| Error::Client {
+        context: format!("find the address of {node}"),
+        message: "no InternalIP".into(),
+    })
 }
 
 async fn reboots(client: &kube::Client) -> Result<BTreeMap<String, u64>> {

@@ -110,16 +110,37 @@ impl ClusterSource {
         if let Some(path) = &self.snapshot {
             return crate::inventory::from_snapshot(path);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
-            action: "start",
-            path: "the async runtime".into(),
-            source,
-        })?;
-        runtime.block_on(async {
+        runtime()?.block_on(async {
             let client = crate::client::connect_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
             crate::inventory::from_cluster(&client).await
         })
     }
+}
+
+/// The async runtime every networked command runs on.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
+        action: "start",
+        path: "the async runtime".into(),
+        source,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM: how an operator (or systemd) asks a rollout or the
+/// simulator to stop.
+async fn interrupted() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
 }
 
 /// When to colour output.

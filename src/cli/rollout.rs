@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::OutputFormat;
 use super::progress::{Bars, JsonLines, PlainLines};
+use super::{OutputFormat, interrupted, runtime};
 use crate::error::{Error, Result};
 use crate::executor::event::Observer;
 use crate::executor::journal::{self, Record};
@@ -113,14 +113,6 @@ pub struct ApproveArgs {
     pub journal: Option<PathBuf>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
-        action: "start",
-        path: "the async runtime".into(),
-        source,
-    })
-}
-
 fn load(path: &Path) -> Result<(Plan, String)> {
     let checked = plan::check_file(path);
     let text = checked.source.as_ref().map(|s| s.text().to_owned()).unwrap_or_default();
@@ -203,22 +195,6 @@ fn confirm(plan: &Plan, cluster: &str) -> Result<bool> {
         source,
     })?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-/// SIGINT or SIGTERM.
-pub(super) async fn interrupted() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        if let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = interrupt.await;
 }
 
 fn outcome_code(outcome: &Outcome) -> i32 {

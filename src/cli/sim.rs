@@ -212,11 +212,7 @@ pub enum CtlAction {
 }
 
 pub(super) fn run(command: SimCommand) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| Error::Io {
-        action: "start",
-        path: "the async runtime".into(),
-        source,
-    })?;
+    let runtime = super::runtime()?;
     match command {
         SimCommand::Serve(args) => runtime.block_on(serve(&args)),
         SimCommand::Ctl(args) => runtime.block_on(ctl(args)),
@@ -233,33 +229,10 @@ async fn serve(args: &ServeArgs) -> Result<i32> {
         simulator.write_kubeconfig(path)?;
     }
     println!("noderoll sim: serving {}", simulator.url());
-    shutdown_signal().await;
+    super::interrupted().await;
     simulator.stop().await;
     eprintln!("noderoll sim: stopped");
     Ok(exit_code::SUCCESS)
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {

@@ -9,11 +9,9 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 use serde_json::{Value, json};
 
 use super::{Context, StepError};
-use crate::executor::retry;
 use crate::plan::model::{AddressType, DnsStrategy};
 use crate::planner::{Action, Step};
 
@@ -121,18 +119,20 @@ pub async fn node_address(ctx: &Context, node: &str) -> Result<IpAddr, StepError
         AddressType::InternalIP => "InternalIP",
         AddressType::ExternalIP => "ExternalIP",
     };
-    let api: Api<Node> = Api::all(ctx.client.clone());
-    let found = retry::call(&ctx.patience, || api.get(node))
-        .await
-        .map_err(|source| StepError::Api { context: format!("read node {node}"), source })?;
-    found
-        .status
-        .and_then(|s| s.addresses)
+    let found = ctx.node(node).await?;
+    status_address(&found, kind)
+        .ok_or_else(|| DnsError::NoAddress { node: node.to_owned(), kind: kind.to_owned() }.into())
+}
+
+/// The Node's status address of a type (`InternalIP`, `ExternalIP`).
+pub fn status_address(node: &Node, kind: &str) -> Option<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
         .into_iter()
         .flatten()
         .find(|a| a.type_ == kind)
         .and_then(|a| a.address.parse().ok())
-        .ok_or_else(|| DnsError::NoAddress { node: node.to_owned(), kind: kind.to_owned() }.into())
 }
 
 /// The record set before a withdraw or repoint, for the journal.

@@ -9,8 +9,7 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
-use super::{Context, Mirror, StepError, WindowMode, human};
-use crate::executor::retry;
+use super::{Context, Mirror, StepError, WindowMode, human, is_ready};
 use crate::plan::resolved::WindowState;
 use crate::planner::Step;
 
@@ -46,13 +45,6 @@ pub(super) async fn window(ctx: &Context, step: &Step) -> Result<Value, StepErro
     }
 }
 
-fn ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Before a batch of service nodes: every etcd member healthy, read from etcd itself when
 /// the plan names its endpoints; otherwise every node with the etcd role label Ready.
 pub(super) async fn quorum(ctx: &Context, step: &Step) -> Result<Value, StepError> {
@@ -64,10 +56,7 @@ pub(super) async fn quorum(ctx: &Context, step: &Step) -> Result<Value, StepErro
 
 /// The node's own etcd members, and the node's addresses, to match members by.
 async fn node_addresses(ctx: &Context, node: &str) -> Result<BTreeMap<String, Vec<String>>, StepError> {
-    let api: Api<Node> = Api::all(ctx.client.clone());
-    let found = retry::call(&ctx.patience, || api.get(node))
-        .await
-        .map_err(|source| StepError::Api { context: format!("read node {node}"), source })?;
+    let found = ctx.node(node).await?;
     let addresses = found.status.and_then(|s| s.addresses).into_iter().flatten().map(|a| a.address).collect();
     Ok(BTreeMap::from([(node.to_owned(), addresses)]))
 }
@@ -198,7 +187,7 @@ async fn ready_etcd_nodes(ctx: &Context, step: &Step) -> Result<Value, StepError
     let deadline = tokio::time::sleep(ctx.real(timeout));
     tokio::pin!(deadline);
     let unready = |members: &Mirror<Node>| -> Vec<String> {
-        members.items.values().filter(|n| !ready(n)).filter_map(|n| n.metadata.name.clone()).collect()
+        members.items.values().filter(|n| !is_ready(n)).filter_map(|n| n.metadata.name.clone()).collect()
     };
     loop {
         tokio::select! {

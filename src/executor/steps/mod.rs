@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-pub use dns::{DnsError, DnsProvider, SimulatedDns, node_address};
+pub use dns::{DnsError, DnsProvider, SimulatedDns, node_address, status_address};
 pub use hook::HookSettings;
 
 use super::event::{Event, Observer};
@@ -132,6 +132,14 @@ impl Context {
         self.observer.event(&Event::Warning { message: message.into() });
     }
 
+    /// Reads a Node, riding out API trouble.
+    pub async fn node(&self, name: &str) -> Result<k8s_openapi::api::core::v1::Node, StepError> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client.clone());
+        super::retry::call(&self.patience, || api.get(name))
+            .await
+            .map_err(|source| StepError::Api { context: format!("read node {name}"), source })
+    }
+
     /// What a finished step reported.
     pub fn finished_detail(&self, step_id: &str) -> Value {
         self.finished.lock().unwrap_or_else(|e| e.into_inner()).get(step_id).cloned().unwrap_or(Value::Null)
@@ -141,6 +149,14 @@ impl Context {
         let name = step.batch.as_deref()?;
         self.plan.batches.iter().find(|b| b.name == name)
     }
+}
+
+/// Whether a Node's Ready condition is True.
+pub(super) fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Formats a plan duration the way plans write them.

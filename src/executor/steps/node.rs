@@ -79,10 +79,7 @@ async fn record_event(ctx: &Context, node: &Node, reason: &str, message: &str) {
 /// exactly what was there.
 pub(super) async fn bgp_label_value(ctx: &Context, node: &str) -> Result<Value, StepError> {
     let Some(label) = &ctx.plan.load_balancer.bgp_label else { return Ok(Value::Null) };
-    let api = nodes(ctx);
-    let found = retry::call(&ctx.patience, || api.get(node))
-        .await
-        .map_err(|source| StepError::Api { context: format!("read node {node}"), source })?;
+    let found = ctx.node(node).await?;
     let value = found.metadata.labels.as_ref().and_then(|l| l.get(&label.key)).cloned();
     Ok(json!({"label": label.key, "value": value}))
 }

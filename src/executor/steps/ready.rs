@@ -8,8 +8,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use super::hook::{self, Hook};
-use super::{Context, StepError, human};
-use crate::executor::retry;
+use super::{Context, StepError, human, is_ready};
 use crate::plan::resolved::BatchPlan;
 use crate::planner::Step;
 
@@ -17,24 +16,10 @@ fn boot_id(node: &Node) -> String {
     node.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.boot_id.clone()).unwrap_or_default()
 }
 
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn get(ctx: &Context, name: &str) -> Result<Node, StepError> {
-    let api: Api<Node> = Api::all(ctx.client.clone());
-    retry::call(&ctx.patience, || api.get(name))
-        .await
-        .map_err(|source| StepError::Api { context: format!("read node {name}"), source })
-}
-
 /// The boot ID and versions before the upgrade: how wait-ready and a resume tell that the
 /// node rebooted.
 pub(super) async fn before_upgrade(ctx: &Context, name: &str) -> Result<Value, StepError> {
-    let node = get(ctx, name).await?;
+    let node = ctx.node(name).await?;
     let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
     Ok(json!({
         "bootIdBefore": boot_id(&node),
@@ -54,7 +39,7 @@ pub(super) async fn upgrade(
     let name = step.node.as_deref().unwrap_or_default();
     if resumed {
         hook::wait_for_orphan(ctx, name, "upgrade").await;
-        let node = get(ctx, name).await?;
+        let node = ctx.node(name).await?;
         let rebooted = boot_id(&node) != detail["bootIdBefore"].as_str().unwrap_or_default();
         if rebooted || !is_ready(&node) {
             ctx.progress(step, "an earlier run's upgrade already took the node down; not running the hook again");
@@ -124,7 +109,7 @@ pub(super) async fn wait_ready(ctx: &Context, step: &Step, batch: &BatchPlan) ->
 /// Checks versions against the plan and runs the verify hook.
 pub(super) async fn verify(ctx: &Context, step: &Step, batch: &BatchPlan) -> Result<Value, StepError> {
     let name = step.node.as_deref().unwrap_or_default();
-    let node = get(ctx, name).await?;
+    let node = ctx.node(name).await?;
     let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
     let kubelet = info.map(|i| i.kubelet_version.clone()).unwrap_or_default();
     let os = info.map(|i| i.os_image.clone()).unwrap_or_default();
