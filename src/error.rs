@@ -43,6 +43,9 @@ pub enum Error {
     /// A rollout cannot start or go on.
     #[error(transparent)]
     Exec(crate::executor::ExecError),
+    /// The plan's DNS provider cannot be set up (its TSIG secret file).
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// The plan needs something this version cannot do yet.
     #[error("{0}")]
     Unsupported(String),
@@ -67,9 +70,12 @@ impl Error {
                 }
                 _ => exit_code::FAILURE,
             },
-            Error::Io { .. } | Error::Json(_) | Error::Sim(_) | Error::Client { .. } | Error::Unsupported(_) => {
-                exit_code::FAILURE
-            }
+            Error::Io { .. }
+            | Error::Json(_)
+            | Error::Sim(_)
+            | Error::Client { .. }
+            | Error::Unsupported(_)
+            | Error::Dns(_) => exit_code::FAILURE,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod dns;
 pub mod error;
 pub mod etcd;
 pub mod executor;

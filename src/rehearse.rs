@@ -10,17 +10,22 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::dns::{DnsProvider, SimulatedDns};
 use crate::error::{Error, Result};
 use crate::executor::event::{Event, Observer};
 use crate::executor::journal::{self, Record};
 use crate::executor::retry::Patience;
-use crate::executor::steps::{DnsProvider, HookSettings, SimulatedDns, WindowMode};
+use crate::executor::steps::{HookSettings, WindowMode, full_record};
 use crate::executor::{self, Options, Outcome};
 use crate::plan::Plan;
-use crate::plan::model::{DnsStrategy, Role};
+use crate::plan::model::Role;
 use crate::plan::resolved::Members;
 use crate::plan::template::CommandTemplate;
 use crate::sim::{GenerateOptions, NodeSpec, Population, SimConfig, Simulator};
+
+/// The TTL of the rehearsal's in-memory record when the plan sets none: what k3s users
+/// commonly give a record in front of a load balancer.
+const SIMULATED_TTL: u32 = 60;
 
 /// How to rehearse.
 #[derive(Debug, Clone)]
@@ -253,21 +258,11 @@ async fn run(
     let (planned, _) = executor::plan_for_cluster(&client, &plan, &patience).await.map_err(Error::Exec)?;
     let dns = match &plan.load_balancer.dns {
         Some(dns) => {
-            let service: Vec<&str> = planned
-                .batches
-                .iter()
-                .filter(|b| b.role == Role::Service)
-                .flat_map(|b| b.nodes.iter().map(String::as_str))
-                .collect();
-            let holders: Vec<&str> = match (&dns.strategy, &planned.record_target) {
-                (DnsStrategy::SingleRecord, Some((target, _))) => vec![target.as_str()],
-                _ => service,
-            };
-            let mut addresses = Vec::new();
-            for node in holders {
-                addresses.push(address_of(&client, &plan, node).await?);
-            }
-            Some(Arc::new(SimulatedDns::new(&dns.name, addresses)))
+            let addresses = full_record(&client, &patience, &plan, &planned).await.map_err(|e| Error::Client {
+                context: "find the service nodes' addresses".into(),
+                message: e.to_string(),
+            })?;
+            Some(Arc::new(SimulatedDns::new(&dns.name, addresses, dns.ttl.unwrap_or(SIMULATED_TTL))))
         }
         None => None,
     };
@@ -288,6 +283,7 @@ async fn run(
             skip_verify_hook: true,
         },
         read_etcd: false,
+        ask_resolvers: false,
     };
     let window = plan.window.clone();
     let record = plan.load_balancer.dns.as_ref().map(|d| d.name.clone()).unwrap_or_default();
@@ -338,21 +334,6 @@ async fn run(
         dns,
         approvals: recorded.approvals,
         journal: journal_path.display().to_string(),
-    })
-}
-
-async fn address_of(client: &kube::Client, plan: &Plan, node: &str) -> Result<IpAddr> {
-    if let Some(address) = plan.load_balancer.dns.as_ref().and_then(|d| d.addresses.get(node)) {
-        return Ok(*address);
-    }
-    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-    let found = api
-        .get(node)
-        .await
-        .map_err(|e| Error::Client { context: format!("read node {node}"), message: e.to_string() })?;
-    crate::executor::steps::status_address(&found, "InternalIP").ok_or_else(|| Error::Client {
-        context: format!("find the address of {node}"),
-        message: "no InternalIP".into(),
     })
 }
 

@@ -52,6 +52,10 @@ fn describe(event: &Event) -> Option<String> {
         Event::NodeDone { node, batch } => format!("  done   {node} ({batch})"),
         Event::Warning { message } => format!("warning: {message}"),
         Event::AwaitingApproval { node, .. } => approval_prompt(node),
+        Event::AwaitingDnsChange { step, change, .. } => format!(
+            "make this DNS change, then type `{step}` and Enter here, or run `noderoll approve PLAN {step}`; noderoll then waits until the resolvers serve it:\n    {}",
+            change.replace('\n', "\n    ")
+        ),
         Event::Halted { failed, cordoned, next } => halted(failed, cordoned, next),
         Event::Interrupted { running } => format!(
             "interrupted with {} step(s) running; run the same command again to resume: {}",

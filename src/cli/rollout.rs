@@ -17,7 +17,6 @@ use crate::executor::retry::Patience;
 use crate::executor::steps::{HookSettings, WindowMode};
 use crate::executor::{self, Options, Outcome};
 use crate::exit_code;
-use crate::plan::resolved::DnsProviderPlan;
 use crate::plan::{self, Plan};
 use crate::rehearse::{self, RehearseOptions, Report};
 
@@ -105,8 +104,9 @@ pub struct ApproveArgs {
     /// The plan file (to find its journal).
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
-    /// Nodes to approve for uncordon.
-    #[arg(value_name = "NODE", required = true)]
+    /// Nodes to approve for uncordon, or manual DNS steps (`cp1/dns-withdraw`) whose
+    /// change you have made.
+    #[arg(value_name = "NODE|STEP", required = true)]
     pub nodes: Vec<String>,
     /// The journal, if not the default one.
     #[arg(long, value_name = "PATH")]
@@ -207,17 +207,8 @@ fn outcome_code(outcome: &Outcome) -> i32 {
 
 pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
     let (plan, text) = load(&args.plan)?;
-    if let Some(dns) = &plan.load_balancer.dns {
-        let provider = match dns.provider {
-            DnsProviderPlan::Rfc2136 { .. } => "rfc2136",
-            DnsProviderPlan::Manual => "manual",
-            DnsProviderPlan::Command { .. } => "command",
-        };
-        return Err(Error::Unsupported(format!(
-            "this version of noderoll cannot change DNS records through the `{provider}` provider yet, so it does not apply ServiceLB plans to a real cluster; `noderoll rehearse {}` runs the whole plan against a simulated cluster and record",
-            args.plan.display()
-        )));
-    }
+    let plan_dir = args.plan.parent().unwrap_or_else(|| Path::new("."));
+    let dns = plan.load_balancer.dns.as_ref().map(|dns| crate::dns::provider(dns, plan_dir)).transpose()?;
     let journal_path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
     let log_file =
         args.log_file.clone().unwrap_or_else(|| state_dir(&args.plan).join(format!("{}.log", plan_stem(&args.plan))));
@@ -248,9 +239,10 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
                 ..HookSettings::default()
             },
             read_etcd: true,
+            ask_resolvers: true,
         };
         approvals_from_stdin(journal_path);
-        let outcome = executor::apply(client, plan, &text, &options, None, observer(args.output), interrupted())
+        let outcome = executor::apply(client, plan, &text, &options, dns, observer(args.output), interrupted())
             .await
             .map_err(Error::Exec)?;
         Ok(outcome_code(&outcome))
@@ -443,14 +435,27 @@ pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
     let path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
     let replay = journal::read(&path).map_err(|e| Error::Exec(e.into()))?;
     let known: Vec<&String> = replay.batches.iter().flat_map(|b| &b.nodes).collect();
-    for node in &args.nodes {
-        if !known.is_empty() && !known.contains(&node) {
+    for key in &args.nodes {
+        let (node, dns_step) = match key.split_once('/') {
+            Some((node, action)) if ["dns-withdraw", "dns-repoint", "dns-restore"].contains(&action) => (node, true),
+            Some(_) => {
+                return Err(Error::Unsupported(format!(
+                    "`{key}` is neither a node nor a DNS step; approve a node (`cp1`) or a manual DNS change (`cp1/dns-withdraw`)"
+                )));
+            }
+            None => (key.as_str(), false),
+        };
+        if !known.is_empty() && !known.iter().any(|k| *k == node) {
             return Err(Error::Unsupported(format!("node `{node}` is not part of the rollout in {}", path.display())));
         }
         let by = executor::lock::holder_identity();
-        journal::append_to_path(&path, &Record::Approved { at: journal::now(), node: node.clone(), by })
+        journal::append_to_path(&path, &Record::Approved { at: journal::now(), node: key.clone(), by })
             .map_err(|e| Error::Exec(e.into()))?;
-        println!("approved {node}: the running apply uncordons it once its earlier steps are done");
+        if dns_step {
+            println!("approved {key}: the running apply now waits until the resolvers serve the change");
+        } else {
+            println!("approved {key}: the running apply uncordons it once its earlier steps are done");
+        }
     }
     Ok(exit_code::SUCCESS)
 }

@@ -75,6 +75,15 @@ pub enum Event {
         /// The node.
         node: String,
     },
+    /// The manual DNS provider: the operator makes this change, then approves the step.
+    AwaitingDnsChange {
+        /// The DNS step; `noderoll approve PLAN STEP` confirms the change is made.
+        step: String,
+        /// The node.
+        node: String,
+        /// The change in nsupdate syntax.
+        change: String,
+    },
     /// A node went through its whole chain.
     NodeDone {
         /// The node.

@@ -35,7 +35,8 @@ use self::event::{BatchSize, Event, Failure, Observer};
 use self::journal::{Journal, JournalError, Record};
 use self::lock::LockError;
 use self::retry::Patience;
-use self::steps::{Context, DnsProvider, HookSettings, StepError, WindowMode};
+use self::steps::{Context, HookSettings, StepError, WindowMode};
+use crate::dns::DnsProvider;
 use crate::plan::Plan;
 use crate::planner::{self, Action, Inventory, Planned, PlannerError, Step};
 
@@ -61,6 +62,9 @@ pub struct Options {
     /// Read quorum from the plan's etcd endpoints (a rehearsal's cluster has no etcd: its
     /// gate counts Ready etcd-role nodes instead).
     pub read_etcd: bool,
+    /// Ask the plan's resolvers whether each DNS change took effect (a rehearsal's record
+    /// lives in memory, where no resolver can see it).
+    pub ask_resolvers: bool,
 }
 
 /// How a run ended (errors aside).
@@ -112,6 +116,9 @@ pub enum ExecError {
     /// etcd's client cannot be set up (TLS files).
     #[error(transparent)]
     Etcd(#[from] crate::etcd::EtcdError),
+    /// The DNS record is not what the plan describes, or cannot be read; nothing changed.
+    #[error("before the rollout: {0}")]
+    Preflight(StepError),
     /// Reading the cluster failed.
     #[error("cannot {context}: {source}")]
     Api {
@@ -217,6 +224,12 @@ async fn run(
     interrupt: impl Future<Output = ()>,
 ) -> Result<Outcome, ExecError> {
     let (planned, _) = plan_for_cluster(&client, &plan, &options.patience).await?;
+    if let Some(provider) = &dns {
+        let resumed = !replay.finished.is_empty();
+        steps::dns_preflight(&client, &options.patience, &plan, &planned, provider.as_ref(), resumed)
+            .await
+            .map_err(ExecError::Preflight)?;
+    }
     let mut journal = Journal::open(&options.journal, &replay)?;
     journal.append(&Record::Begin {
         at: journal::now(),
@@ -236,6 +249,7 @@ async fn run(
         _ => None,
     };
     let (approvals, approved) = watch::channel(replay.approved.clone());
+    let plan_dns_resolvers = plan.load_balancer.dns.as_ref().map(|d| d.resolvers.clone());
     let ctx = Arc::new(Context {
         client,
         plan: Arc::new(plan),
@@ -244,6 +258,10 @@ async fn run(
         time_scale: options.time_scale,
         observer: observer.clone(),
         dns,
+        resolvers: match &plan_dns_resolvers {
+            Some(resolvers) if options.ask_resolvers => resolvers.clone(),
+            _ => Vec::new(),
+        },
         hooks: options.hooks.clone(),
         windows: options.windows,
         approved,

@@ -130,6 +130,11 @@ pub struct Dns {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub resolvers: Vec<Spanned<String>>,
+    /// How long to wait, after each change, for every resolver to serve the new answer
+    /// (default `5m`); the old TTL is waited out on top of it.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationString>")]
+    pub propagation_timeout: Option<Spanned<String>>,
     /// Which Node status address is the node's record: `ExternalIP` or `InternalIP`
     /// (default `InternalIP`).
     #[serde(default)]

@@ -55,6 +55,8 @@ pub struct DnsPlan {
     pub provider: DnsProviderPlan,
     /// Resolvers to poll after each change.
     pub resolvers: Vec<String>,
+    /// How long they may take to serve a change.
+    pub propagation_timeout: Duration,
     /// Which Node address is the node's record.
     pub address_type: AddressType,
     /// Explicit node → address map.

@@ -36,6 +36,8 @@ const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 const DEFAULT_QUORUM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_L2_RELEASE_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+/// How long resolvers may take to serve a DNS change when the plan does not say.
+const DEFAULT_DNS_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Validates a parsed document. Returns the plan when there is no error (warnings may
 /// still be present), and every diagnostic found.
@@ -419,6 +421,11 @@ impl Checker<'_> {
             ttl: d.ttl,
             provider: provider?,
             resolvers,
+            propagation_timeout: self.duration_or(
+                d.propagation_timeout.as_ref(),
+                DEFAULT_DNS_PROPAGATION_TIMEOUT,
+                "DNS propagation timeout",
+            ),
             address_type: d.address_type,
             addresses,
         })

@@ -14,6 +14,35 @@ pub(crate) fn noderoll() -> Command {
     cmd
 }
 
+/// A loopback port nothing listens on (yet).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// PATH with the built binary first, so a plan's `noderoll sim ctl` hook runs it.
+fn path_with_binary() -> std::ffi::OsString {
+    let binary = assert_cmd::cargo::cargo_bin("noderoll");
+    let dir = binary.parent().expect("binary folder").to_owned();
+    let mut paths = vec![dir];
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(paths).expect("PATH")
+}
+
+/// `noderoll apply PLAN --yes --output json` against the cluster of `kubeconfig`.
+pub(crate) fn apply_via(kubeconfig: &Path, plan: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("noderoll"));
+    cmd.arg("apply")
+        .arg(plan)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--yes", "--output", "json"])
+        .args(extra)
+        .env("PATH", path_with_binary())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
 /// Every `*.yaml` file directly in `dir` (relative to the repository), sorted.
 pub(crate) fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))

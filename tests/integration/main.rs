@@ -1,6 +1,7 @@
 //! Behaviour through the real `noderoll` binary.
 
 mod check;
+mod dns;
 mod harness;
 mod preview;
 mod quorum;

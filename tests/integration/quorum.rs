@@ -8,11 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, noderoll};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
+use crate::harness::{SimProcess, apply_via, free_port, noderoll};
 
 /// Three etcd members in a temp dir; dropping it kills them all.
 struct EtcdCluster {
@@ -115,21 +111,7 @@ fn plan(dir: &Path, etcd: &EtcdCluster, timeout: &str) -> PathBuf {
 }
 
 fn apply(sim: &SimProcess, plan: &Path) -> Child {
-    let binary = assert_cmd::cargo::cargo_bin("noderoll");
-    let mut paths = vec![binary.parent().expect("folder").to_owned()];
-    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    Command::new(&binary)
-        .arg("apply")
-        .arg(plan)
-        .arg("--kubeconfig")
-        .arg(sim.kubeconfig())
-        .args(["--yes", "--output", "json"])
-        .env("PATH", std::env::join_paths(paths).expect("PATH"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("apply starts")
+    apply_via(&sim.kubeconfig(), plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("apply starts")
 }
 
 fn unschedulable(sim: &SimProcess, node: &str) -> bool {

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, noderoll, yaml_files};
+use crate::harness::{SimProcess, apply_via, noderoll, yaml_files};
 
 /// A plan for the generated studio (cp1..3, ws01..06) with an external LB and the
 /// simulator's upgrade as hook (reaching it through KUBECONFIG, which apply sets from
@@ -28,31 +28,8 @@ fn plan_with(dir: &Path, name: &str, spec_extra: &str, ctl_args: &str, extra: &s
     path
 }
 
-/// PATH with the built binary first, so the plan's `noderoll sim ctl` hook runs it.
-fn path_with_binary() -> std::ffi::OsString {
-    let binary = assert_cmd::cargo::cargo_bin("noderoll");
-    let dir = binary.parent().expect("binary folder").to_owned();
-    let mut paths = vec![dir];
-    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    std::env::join_paths(paths).expect("PATH")
-}
-
 fn apply_command(sim: &SimProcess, plan: &Path, extra: &[&str]) -> std::process::Command {
-    apply_through(&sim.kubeconfig(), plan, extra)
-}
-
-fn apply_through(kubeconfig: &Path, plan: &Path, extra: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("noderoll"));
-    cmd.arg("apply")
-        .arg(plan)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--yes", "--output", "json"])
-        .args(extra)
-        .env("PATH", path_with_binary())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    cmd
+    apply_via(&sim.kubeconfig(), plan, extra)
 }
 
 fn apply(sim: &SimProcess, plan: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
@@ -382,7 +359,7 @@ fn apply_fails_over_to_the_next_api_server_when_the_one_in_use_goes_away() {
     let ctl = format!("--kubeconfig, \"{}\", ", sim.kubeconfig().display());
     let plan = plan_with(sim.dir.path(), "failover", &servers, &ctl, "");
     let mut child =
-        apply_through(&through_proxy, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        apply_via(&through_proxy, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
     for line in lines.by_ref() {

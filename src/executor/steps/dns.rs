@@ -1,115 +1,33 @@
 //! The ServiceLB DNS steps: take a service node's address out of the record users resolve
-//! before it is cordoned, and put it back once it serves again. The record set is changed
-//! only by compare-and-set through a [`DnsProvider`], so an edit someone else made meanwhile
-//! is detected rather than overwritten, and a change that would empty the set is refused.
+//! before it is cordoned, and put it back once it serves again. Each change is made from
+//! the set just read (compare-and-set where the provider can), never empties the set, and
+//! counts as done only once every resolver serves the new answer and the old TTL has run
+//! out — the runbook's "once it is no longer getting resolved".
 
-use std::fmt::Debug;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::time::Duration;
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
 
-use super::{Context, StepError};
-use crate::plan::model::{AddressType, DnsStrategy};
-use crate::planner::{Action, Step};
+use super::{Context, StepError, human};
+use crate::dns::{Applied, Change, ChangeKind, DnsError, DnsProvider, RecordSet, show};
+use crate::executor::event::Event;
+use crate::executor::retry::Patience;
+use crate::plan::Plan;
+use crate::plan::model::{AddressType, DnsStrategy, Role};
+use crate::planner::{Action, Planned, Step};
 
-/// Why a DNS change cannot be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DnsError {
-    /// Withdrawing would leave the record with no address.
-    #[error(
-        "withdrawing {address} from {record} would leave it with no address; restore another service node's record first"
-    )]
-    WouldEmpty {
-        /// The record.
-        record: String,
-        /// The address.
-        address: IpAddr,
-    },
-    /// The record set is not what was just read: someone else changed it.
-    #[error(
-        "{record} changed while noderoll was updating it (expected {expected}, found {found}); check who else edits it, then run apply again"
-    )]
-    Changed {
-        /// The record.
-        record: String,
-        /// What noderoll read.
-        expected: String,
-        /// What the server has.
-        found: String,
-    },
-    /// The node's address is unknown.
-    #[error("node {node} has no {kind} address and the plan's dns.addresses does not list it; add it there")]
-    NoAddress {
-        /// The node.
-        node: String,
-        /// The address type looked for.
-        kind: String,
-    },
-    /// The provider failed.
-    #[error("{0}")]
-    Provider(String),
-}
-
-/// Reads and changes the record users resolve.
-pub trait DnsProvider: Send + Sync + Debug {
-    /// The record's addresses now.
-    fn read(&self) -> BoxFuture<'_, Result<Vec<IpAddr>, DnsError>>;
-    /// Replaces the set, provided it still is `expected`.
-    fn write<'a>(&'a self, expected: &'a [IpAddr], new: &'a [IpAddr]) -> BoxFuture<'a, Result<(), DnsError>>;
-}
-
-/// A record set in memory, for rehearsals: it keeps every state it went through, so the
-/// rehearsal can prove the set was never empty.
-#[derive(Debug)]
-pub struct SimulatedDns {
-    record: String,
-    state: Mutex<(Vec<IpAddr>, Vec<Vec<IpAddr>>)>,
-}
-
-impl SimulatedDns {
-    /// A record with these addresses.
-    pub fn new(record: &str, addresses: Vec<IpAddr>) -> Self {
-        SimulatedDns { record: record.to_owned(), state: Mutex::new((addresses.clone(), vec![addresses])) }
-    }
-
-    /// Every state the record set went through, the first being the initial one.
-    pub fn history(&self) -> Vec<Vec<IpAddr>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
-    }
-}
-
-fn show(addresses: &[IpAddr]) -> String {
-    if addresses.is_empty() {
-        return "no address".into();
-    }
-    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-}
-
-impl DnsProvider for SimulatedDns {
-    fn read(&self) -> BoxFuture<'_, Result<Vec<IpAddr>, DnsError>> {
-        let current = self.state.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
-        Box::pin(async move { Ok(current) })
-    }
-
-    fn write<'a>(&'a self, expected: &'a [IpAddr], new: &'a [IpAddr]) -> BoxFuture<'a, Result<(), DnsError>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let result = if state.0 == expected {
-            state.0 = new.to_vec();
-            state.1.push(new.to_vec());
-            Ok(())
-        } else {
-            Err(DnsError::Changed { record: self.record.clone(), expected: show(expected), found: show(&state.0) })
-        };
-        Box::pin(async move { result })
-    }
-}
+/// How often resolvers are asked while a change propagates.
+const POLL: Duration = Duration::from_millis(250);
+/// Tries of one DNS request while the server is unreachable, a second apart: a DNS server
+/// is not expected to blink the way the API server does during a service node's restart,
+/// so a longer outage halts the rollout rather than hiding it.
+const TRIES: u32 = 3;
 
 /// A node's address for the record: the plan's map, else the Node's status address.
-pub async fn node_address(ctx: &Context, node: &str) -> Result<IpAddr, StepError> {
-    let Some(dns) = &ctx.plan.load_balancer.dns else {
+async fn address(client: &kube::Client, patience: &Patience, plan: &Plan, node: &str) -> Result<IpAddr, StepError> {
+    let Some(dns) = &plan.load_balancer.dns else {
         return Err(StepError::Verify("the plan has no DNS record".into()));
     };
     if let Some(address) = dns.addresses.get(node) {
@@ -119,13 +37,13 @@ pub async fn node_address(ctx: &Context, node: &str) -> Result<IpAddr, StepError
         AddressType::InternalIP => "InternalIP",
         AddressType::ExternalIP => "ExternalIP",
     };
-    let found = ctx.node(node).await?;
+    let found = super::read_node(client, patience, node).await?;
     status_address(&found, kind)
         .ok_or_else(|| DnsError::NoAddress { node: node.to_owned(), kind: kind.to_owned() }.into())
 }
 
 /// The Node's status address of a type (`InternalIP`, `ExternalIP`).
-pub fn status_address(node: &Node, kind: &str) -> Option<IpAddr> {
+fn status_address(node: &Node, kind: &str) -> Option<IpAddr> {
     node.status
         .as_ref()
         .and_then(|s| s.addresses.as_ref())
@@ -135,48 +53,182 @@ pub fn status_address(node: &Node, kind: &str) -> Option<IpAddr> {
         .and_then(|a| a.address.parse().ok())
 }
 
+/// What the record holds when no service node is out: every service node's address
+/// (round-robin), or the address of the node the record points at (single-record).
+pub async fn full_record(
+    client: &kube::Client,
+    patience: &Patience,
+    plan: &Plan,
+    planned: &Planned,
+) -> Result<Vec<IpAddr>, StepError> {
+    let holders: Vec<&str> = match (plan.load_balancer.dns.as_ref().map(|d| d.strategy), &planned.record_target) {
+        (Some(DnsStrategy::SingleRecord), Some((target, _))) => vec![target.as_str()],
+        _ => planned
+            .batches
+            .iter()
+            .filter(|b| b.role == Role::Service)
+            .flat_map(|b| b.nodes.iter().map(String::as_str))
+            .collect(),
+    };
+    let mut addresses = Vec::new();
+    for node in holders {
+        addresses.push(address(client, patience, plan, node).await?);
+    }
+    Ok(addresses)
+}
+
+/// Before the first step: the record must be what the plan describes. A new rollout wants
+/// exactly the full record; a resumed one accepts any non-empty part of it (some nodes'
+/// records are still out). Anything else is drift: someone else edits the record, or the
+/// plan names the wrong addresses, and changing it now could take users' only address away.
+pub async fn preflight(
+    client: &kube::Client,
+    patience: &Patience,
+    plan: &Plan,
+    planned: &Planned,
+    provider: &dyn DnsProvider,
+    resumed: bool,
+) -> Result<(), StepError> {
+    let Some(dns) = &plan.load_balancer.dns else { return Ok(()) };
+    let expected = full_record(client, patience, plan, planned).await?;
+    let found = with_retries(|| provider.read()).await?.addresses;
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    let mut sorted_found = found.clone();
+    sorted_found.sort();
+    let fits = if resumed {
+        !found.is_empty() && found.iter().all(|a| expected.contains(a))
+    } else {
+        sorted_found == sorted_expected
+    };
+    if !fits {
+        return Err(DnsError::Drift { record: dns.name.clone(), expected: show(&expected), found: show(&found) }.into());
+    }
+    with_retries(|| provider.probe(&found)).await?;
+    Ok(())
+}
+
+/// Retries a DNS request while the server is unreachable.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, DnsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DnsError>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && tries < TRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The record set before a withdraw or repoint, for the journal.
 pub(super) async fn before_change(ctx: &Context) -> Result<Value, StepError> {
     let Some(provider) = &ctx.dns else { return Ok(Value::Null) };
-    let before = provider.read().await?;
-    Ok(json!({"before": before}))
+    let before = with_retries(|| provider.read()).await?;
+    Ok(json!({"before": before.addresses, "ttl": before.ttl}))
 }
 
-/// Withdraws, repoints or restores the step's node.
+/// Withdraws, repoints or restores the step's node, then waits until users get the new
+/// answer.
 pub(super) async fn act(ctx: &Context, step: &Step) -> Result<Value, StepError> {
     let (Some(provider), Some(dns)) = (&ctx.dns, &ctx.plan.load_balancer.dns) else { return Ok(Value::Null) };
     let node = step.node.as_deref().unwrap_or_default();
-    let address = node_address(ctx, node).await?;
-    let current = provider.read().await?;
-    let new: Vec<IpAddr> = match (step.action, dns.strategy) {
+    let own = address(&ctx.client, &ctx.patience, &ctx.plan, node).await?;
+    let current = with_retries(|| provider.read()).await?;
+    let (kind, address, after): (ChangeKind, IpAddr, Vec<IpAddr>) = match (step.action, dns.strategy) {
         (Action::DnsWithdraw, _) => {
-            if !current.contains(&address) {
-                return Ok(json!({"address": address, "changed": false, "records": current}));
-            }
-            let rest: Vec<IpAddr> = current.iter().copied().filter(|a| *a != address).collect();
+            let rest: Vec<IpAddr> = current.addresses.iter().copied().filter(|a| *a != own).collect();
             if rest.is_empty() {
-                return Err(DnsError::WouldEmpty { record: dns.name.clone(), address }.into());
+                return Err(DnsError::WouldEmpty { record: dns.name.clone(), address: own }.into());
             }
-            rest
+            (ChangeKind::Withdraw, own, rest)
         }
         (Action::DnsRepoint, _) => {
             let target = step.target.as_deref().unwrap_or_default();
-            vec![node_address(ctx, target).await?]
+            let target = address(&ctx.client, &ctx.patience, &ctx.plan, target).await?;
+            (ChangeKind::Repoint, target, vec![target])
         }
         (Action::DnsRestore, DnsStrategy::RoundRobin) => {
-            let mut all = current.clone();
-            if !all.contains(&address) {
-                all.push(address);
+            let mut all = current.addresses.clone();
+            if !all.contains(&own) {
+                all.push(own);
             }
-            all
+            (ChangeKind::Restore, own, all)
         }
-        (Action::DnsRestore, DnsStrategy::SingleRecord) => vec![address],
+        (Action::DnsRestore, DnsStrategy::SingleRecord) => (ChangeKind::Restore, own, vec![own]),
         _ => return Ok(Value::Null),
     };
-    if new == current {
-        return Ok(json!({"address": address, "changed": false, "records": current}));
+    let ttl = dns.ttl.unwrap_or(current.ttl);
+    let changed = after != current.addresses;
+    if changed {
+        let change = Change { kind, record: &dns.name, node, address, before: &current.addresses, after: &after, ttl };
+        match with_retries(|| provider.apply(&change)).await? {
+            Applied::Done => {}
+            Applied::ByOperator(instructions) => {
+                let asked =
+                    Event::AwaitingDnsChange { step: step.id.clone(), node: node.to_owned(), change: instructions };
+                super::approved(ctx, &step.id, asked).await?;
+            }
+        }
+        ctx.progress(step, format!("{}: {} → {}", dns.name, show(&current.addresses), show(&after)));
     }
-    provider.write(&current, &new).await?;
-    ctx.progress(step, format!("{}: {} → {}", dns.name, show(&current), show(&new)));
-    Ok(json!({"address": address, "changed": true, "records": new}))
+    let served = |answer: &[IpAddr]| match kind {
+        ChangeKind::Withdraw => !answer.contains(&own),
+        ChangeKind::Repoint => answer.contains(&address) && !answer.contains(&own),
+        ChangeKind::Restore => answer.contains(&own),
+    };
+    propagated(ctx, step, &dns.name, dns.propagation_timeout, served).await?;
+    if kind != ChangeKind::Restore && current.addresses.contains(&own) {
+        let old_ttl = Duration::from_secs(u64::from(current.ttl));
+        ctx.progress(step, format!("waiting out the old TTL ({}) so caches drop {own}", human(old_ttl)));
+        tokio::time::sleep(ctx.real(old_ttl)).await;
+    }
+    Ok(json!({"address": own, "changed": changed, "records": after, "ttl": ttl}))
+}
+
+/// Asks every resolver until each serves an answer `served` accepts.
+async fn propagated(
+    ctx: &Context,
+    step: &Step,
+    record: &str,
+    timeout: Duration,
+    served: impl Fn(&[IpAddr]) -> bool,
+) -> Result<(), StepError> {
+    if ctx.resolvers.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + ctx.real(timeout);
+    let mut reported = false;
+    loop {
+        let mut waiting = Vec::new();
+        for resolver in &ctx.resolvers {
+            match crate::dns::resolve::served(resolver, record).await {
+                Ok(RecordSet { addresses, .. }) if served(&addresses) => {}
+                Ok(RecordSet { addresses, .. }) => {
+                    waiting.push(format!("{resolver} still serves {}", show(&addresses)))
+                }
+                Err(e) => waiting.push(e.to_string()),
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::Timeout {
+                what: format!("the change of {record} reaching every resolver"),
+                after: human(timeout),
+                detail: format!(": {}", waiting.join("; ")),
+            });
+        }
+        if !reported {
+            ctx.progress(step, format!("waiting for the resolvers: {}", waiting.join("; ")));
+            reported = true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-pub use dns::{DnsError, DnsProvider, SimulatedDns, node_address, status_address};
+pub use dns::{full_record, preflight as dns_preflight};
 pub use hook::HookSettings;
 
 use super::event::{Event, Observer};
@@ -60,7 +60,7 @@ pub enum StepError {
     Verify(String),
     /// A DNS change cannot be made safely.
     #[error(transparent)]
-    Dns(#[from] DnsError),
+    Dns(#[from] crate::dns::DnsError),
     /// The journal cannot be written.
     #[error(transparent)]
     Journal(#[from] super::journal::JournalError),
@@ -91,7 +91,10 @@ pub struct Context {
     /// etcd's own health, when the plan names its endpoints.
     pub etcd: Option<crate::etcd::Etcd>,
     /// The ServiceLB DNS record, when the plan has one.
-    pub dns: Option<Arc<dyn DnsProvider>>,
+    pub dns: Option<Arc<dyn crate::dns::DnsProvider>>,
+    /// Resolvers asked after each DNS change; empty in a rehearsal, whose record lives
+    /// only in memory.
+    pub resolvers: Vec<String>,
     /// Hooks: logs, environment, rehearsal overrides.
     pub hooks: HookSettings,
     /// Maintenance windows.
@@ -134,10 +137,7 @@ impl Context {
 
     /// Reads a Node, riding out API trouble.
     pub async fn node(&self, name: &str) -> Result<k8s_openapi::api::core::v1::Node, StepError> {
-        let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client.clone());
-        super::retry::call(&self.patience, || api.get(name))
-            .await
-            .map_err(|source| StepError::Api { context: format!("read node {name}"), source })
+        read_node(&self.client, &self.patience, name).await
     }
 
     /// What a finished step reported.
@@ -149,6 +149,18 @@ impl Context {
         let name = step.batch.as_deref()?;
         self.plan.batches.iter().find(|b| b.name == name)
     }
+}
+
+/// Reads a Node, riding out API trouble.
+async fn read_node(
+    client: &kube::Client,
+    patience: &Patience,
+    name: &str,
+) -> Result<k8s_openapi::api::core::v1::Node, StepError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    super::retry::call(patience, || api.get(name))
+        .await
+        .map_err(|source| StepError::Api { context: format!("read node {name}"), source })
 }
 
 /// Whether a Node's Ready condition is True.
@@ -216,22 +228,29 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
     }
 }
 
-/// Waits for `noderoll approve NODE` (or the TTY prompt, which writes the same journal
+/// Waits for `noderoll approve PLAN NODE` (or the TTY prompt, which writes the same journal
 /// record).
 async fn approve(ctx: &Context, step: &Step) -> Result<Value, StepError> {
     let node = step.node.clone().unwrap_or_default();
+    approved(ctx, &node, Event::AwaitingApproval { step: step.id.clone(), node: node.clone() }).await?;
+    Ok(json!({"approved": true}))
+}
+
+/// Waits until the journal approves `key` (a node, or a manual DNS step); `asking` tells the
+/// operator, once, what is awaited.
+async fn approved(ctx: &Context, key: &str, asking: Event) -> Result<(), StepError> {
     let mut approved = ctx.approved.clone();
     let mut asked = false;
     loop {
-        if approved.borrow_and_update().contains(&node) {
-            return Ok(json!({"approved": true}));
+        if approved.borrow_and_update().contains(key) {
+            return Ok(());
         }
         if !asked {
-            ctx.observer.event(&Event::AwaitingApproval { step: step.id.clone(), node: node.clone() });
+            ctx.observer.event(&asking);
             asked = true;
         }
         if approved.changed().await.is_err() {
-            return Err(StepError::Verify(format!("stopped waiting for the approval of {node}")));
+            return Err(StepError::Verify(format!("stopped waiting for the approval of {key}")));
         }
     }
 }
