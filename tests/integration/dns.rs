@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, apply_via, free_port, noderoll};
+use crate::harness::{Random, SimProcess, apply_via, free_port, noderoll};
 
 /// The key knotd knows; the tests' own, good for nothing else.
 const KEY: &str = "bm9kZXJvbGwtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
@@ -221,7 +221,11 @@ fn setup(addresses: &[&str]) -> (SimProcess, Knot, Vec<(String, String)>, tempfi
 /// hold; asserts the record is never empty and never serves a cordoned service node.
 /// Returns the exit code, the events, stderr, and the nodes seen cordoned.
 fn roll_and_watch(sim: &SimProcess, knot: &Knot, plan: &Path) -> (i32, Vec<Value>, String, BTreeSet<String>) {
-    let mut child = start_apply(sim, plan);
+    watch(sim, knot, start_apply(sim, plan))
+}
+
+/// `roll_and_watch` of an apply already started.
+fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> (i32, Vec<Value>, String, BTreeSet<String>) {
     let mut seen_out: BTreeSet<String> = BTreeSet::new();
     let mut samples = 0;
     while child.try_wait().expect("poll apply").is_none() {
@@ -279,6 +283,58 @@ fn a_single_record_is_repointed_while_its_node_is_out_and_moved_back() {
         "only the node the record names is repointed, and back"
     );
     assert_eq!(knot.answer(), before);
+}
+
+#[test]
+fn a_record_is_not_repointed_to_a_node_out_of_service() {
+    let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
+    sim.kubectl_ok(&["cordon", "cp2"]);
+    let plan = plan_with(dir.path(), "single-record", &rfc2136(dir.path(), &knot, KEY), "");
+    let (code, events, stderr) = finish(start_apply(&sim, &plan));
+    assert_eq!(code, 4, "{stderr}");
+    let failed: Vec<&Value> = events.iter().filter(|e| e["event"] == "step-failed").collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["step"], "cp1/dns-repoint");
+    assert!(failed[0]["error"].as_str().is_some_and(|e| e.contains("cannot be moved to cp2")), "{failed:?}");
+    assert_eq!(knot.answer(), before);
+    assert_eq!(cordoned(&sim), BTreeSet::from(["cp2".to_owned()]), "cp1 was never taken out");
+}
+
+#[test]
+fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
+    // Up to three SIGKILLs at random events of one rollout (a 3-node plan reports about 90
+    // events; each resume reports only what is left, so a late run may finish first), then
+    // a last resume; the record is watched from outside throughout.
+    let mut random = Random::from_env();
+    let seed = random.seed;
+    let (sim, knot, before, dir) = setup(&initial());
+    let plan = plan(dir.path(), &rfc2136(dir.path(), &knot, KEY), "");
+    for kill in 0..3 {
+        let mut child = start_apply(&sim, &plan);
+        let stop = 1 + random.below(30) as usize;
+        let stdout = child.stdout.take().expect("stdout");
+        let pid = child.id().to_string();
+        let killer = std::thread::spawn(move || {
+            let killed_at = BufReader::new(stdout).lines().map_while(Result::ok).nth(stop - 1);
+            if killed_at.is_some() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+            killed_at
+        });
+        let (code, _, stderr, _) = watch(&sim, &knot, child);
+        let killed_at = killer.join().expect("killer thread");
+        assert!(
+            killed_at.is_some() || (code == 0 && kill > 0),
+            "seed {seed}: run {kill} ended before event {stop} (exit {code}): {stderr}"
+        );
+        assert!(code == -1 || code == 0, "seed {seed}, kill {kill} at event {stop} ({killed_at:?}): {stderr}");
+    }
+    let (code, _, stderr, _) = roll_and_watch(&sim, &knot, &plan);
+    assert_eq!(code, 0, "seed {seed}: the last resume finishes: {stderr}");
+    sim.assert_upgraded_once(3);
+    assert_eq!(knot.answer(), before, "seed {seed}: every record is back, TTLs included");
+    let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).expect("journal");
+    assert!(journal.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "seed {seed}: a journal line is broken");
 }
 
 #[test]

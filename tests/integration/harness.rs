@@ -14,6 +14,28 @@ pub(crate) fn noderoll() -> Command {
     cmd
 }
 
+/// Random choices a failing test can replay: the seed is `NODEROLL_TEST_SEED`, else the
+/// clock, and belongs in every failure message.
+pub(crate) struct Random {
+    pub(crate) seed: u64,
+    state: u64,
+}
+
+impl Random {
+    pub(crate) fn from_env() -> Random {
+        let seed: u64 = std::env::var("NODEROLL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+        });
+        Random { seed, state: seed }
+    }
+
+    /// A number in `0..below` (a 64-bit LCG: plenty for picking kill points).
+    pub(crate) fn below(&mut self, below: u64) -> u64 {
+        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.state >> 33) % below
+    }
+}
+
 /// A loopback port nothing listens on (yet).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
@@ -123,6 +145,36 @@ impl SimProcess {
         while !check() {
             assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The simulator's control state (reboots per node, faults, time).
+    pub(crate) fn state(&self) -> serde_json::Value {
+        let out = self.ctl(&["state"]).get_output().stdout.clone();
+        serde_json::from_slice(&out).expect("state is JSON")
+    }
+
+    /// `kubectl get nodes -o json`.
+    pub(crate) fn nodes(&self) -> serde_json::Value {
+        serde_json::from_str(&self.kubectl_ok(&["get", "nodes", "-o", "json"])).expect("nodes JSON")
+    }
+
+    /// Every node schedulable and on the new kubelet version; `count` nodes rebooted, each
+    /// exactly once.
+    pub(crate) fn assert_upgraded_once(&self, count: usize) {
+        let nodes = self.nodes();
+        for node in nodes["items"].as_array().expect("items") {
+            let name = node["metadata"]["name"].as_str().unwrap_or_default();
+            assert_ne!(node["spec"]["unschedulable"], serde_json::Value::Bool(true), "{name} left cordoned");
+        }
+        let reboots = self.state()["reboots"].as_object().cloned().unwrap_or_default();
+        assert_eq!(reboots.len(), count, "reboots: {reboots:?}");
+        assert!(reboots.values().all(|r| r == 1), "a node was upgraded more than once: {reboots:?}");
+        for node in nodes["items"].as_array().expect("items") {
+            let name = node["metadata"]["name"].as_str().unwrap_or_default();
+            if reboots.contains_key(name) {
+                assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1", "{name} not upgraded");
+            }
         }
     }
 

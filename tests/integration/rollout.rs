@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, apply_via, noderoll, yaml_files};
+use crate::harness::{Random, SimProcess, apply_via, noderoll, yaml_files};
 
 /// A plan for the generated studio (cp1..3, ws01..06) with an external LB and the
 /// simulator's upgrade as hook (reaching it through KUBECONFIG, which apply sets from
@@ -38,29 +38,6 @@ fn apply(sim: &SimProcess, plan: &Path, extra: &[&str]) -> (i32, Vec<Value>, Str
     (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn state(sim: &SimProcess) -> Value {
-    let out = sim.ctl(&["state"]).get_output().stdout.clone();
-    serde_json::from_slice(&out).expect("state is JSON")
-}
-
-fn nodes(sim: &SimProcess) -> Value {
-    serde_json::from_str(&sim.kubectl_ok(&["get", "nodes", "-o", "json"])).expect("nodes JSON")
-}
-
-/// Every node schedulable and on the new kubelet version; every node rebooted exactly once.
-fn assert_upgraded_once(sim: &SimProcess, count: usize) {
-    let nodes = nodes(sim);
-    let items = nodes["items"].as_array().expect("items");
-    for node in items {
-        let name = node["metadata"]["name"].as_str().unwrap_or_default();
-        assert_ne!(node["spec"]["unschedulable"], Value::Bool(true), "{name} left cordoned");
-        assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.31.4+k3s1", "{name} not upgraded");
-    }
-    let reboots = state(sim)["reboots"].as_object().cloned().unwrap_or_default();
-    assert_eq!(reboots.len(), count, "reboots: {reboots:?}");
-    assert!(reboots.values().all(|r| r == 1), "a node was upgraded more than once: {reboots:?}");
-}
-
 #[test]
 fn apply_runs_a_plan_to_the_end_and_status_says_so() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
@@ -70,7 +47,7 @@ fn apply_runs_a_plan_to_the_end_and_status_says_so() {
     assert_eq!(events.first().map(|e| e["event"].clone()), Some("started".into()));
     assert_eq!(events.last().map(|e| e["event"].clone()), Some("finished".into()));
     assert_eq!(events.iter().filter(|e| e["event"] == "node-done").count(), 9);
-    assert_upgraded_once(&sim, 9);
+    sim.assert_upgraded_once(9);
     let events_on_nodes = sim.kubectl_ok(&["get", "events", "-n", "default", "-o", "json"]);
     assert!(events_on_nodes.contains("NoderollCordon") && events_on_nodes.contains("NoderollUncordon"));
     assert!(sim.dir.path().join(".noderoll/full.logs/cp1/upgrade.log").is_file(), "the hook's output is kept");
@@ -84,7 +61,7 @@ fn apply_runs_a_plan_to_the_end_and_status_says_so() {
     let (code, events, stderr) = apply(&sim, &plan, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(events[0]["done"], events[0]["steps"]);
-    assert_upgraded_once(&sim, 9);
+    sim.assert_upgraded_once(9);
 }
 
 /// Reads `apply -o json` events until `stop` events of kind `kind` have been seen, then
@@ -109,17 +86,11 @@ fn kill_after(mut child: Child, kind: &str, stop: usize) {
 fn a_rollout_killed_at_any_point_resumes_and_upgrades_each_node_exactly_once() {
     // Four kills at random points of the run (a 9-node plan has 91 steps); the seed is in
     // every failure message, and NODEROLL_TEST_SEED replays a run.
-    let seed: u64 = std::env::var("NODEROLL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
-    });
-    let mut state = seed;
-    let mut next = move |below: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) % below
-    };
+    let mut random = Random::from_env();
+    let seed = random.seed;
     for _ in 0..4 {
-        let kind = if next(2) == 0 { "step-started" } else { "step-finished" };
-        let stop = 1 + next(85) as usize;
+        let kind = if random.below(2) == 0 { "step-started" } else { "step-finished" };
+        let stop = 1 + random.below(85) as usize;
         let sim = SimProcess::start(&["--sessions-per-node", "0"]);
         let plan = plan(sim.dir.path(), "killed", "");
         let child =
@@ -129,7 +100,7 @@ fn a_rollout_killed_at_any_point_resumes_and_upgrades_each_node_exactly_once() {
         // the resume takes the lock over without --break-lock.
         let (code, _, stderr) = apply(&sim, &plan, &[]);
         assert_eq!(code, 0, "seed {seed}: resume after {kind} #{stop}: {stderr}");
-        assert_upgraded_once(&sim, 9);
+        sim.assert_upgraded_once(9);
         let journal = std::fs::read_to_string(sim.dir.path().join(".noderoll/killed.journal")).expect("journal");
         assert!(
             journal.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()),
@@ -153,7 +124,7 @@ fn a_second_apply_is_refused_while_the_lock_is_held() {
     let (code, _, stderr) = apply(&sim, &plan, &[]);
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains("alice@laptop/4242") && stderr.contains("--break-lock"), "{stderr}");
-    let nodes = nodes(&sim);
+    let nodes = sim.nodes();
     assert!(
         nodes["items"].as_array().expect("items").iter().all(|n| n["spec"]["unschedulable"] != true),
         "nothing changed"
@@ -187,7 +158,7 @@ fn a_budget_that_never_allows_eviction_halts_with_the_pdb_named_and_the_node_cor
     let shown = sim.kubectl_ok(&["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"]);
     assert_eq!(shown, "true");
     // Nothing else was started.
-    let others = nodes(&sim);
+    let others = sim.nodes();
     let unschedulable =
         others["items"].as_array().expect("items").iter().filter(|n| n["spec"]["unschedulable"] == true).count();
     assert_eq!(unschedulable, 1);
@@ -199,7 +170,7 @@ fn a_budget_that_never_allows_eviction_halts_with_the_pdb_named_and_the_node_cor
     sim.kubectl_ok(&["delete", "pdb", "-n", "kube-system", "coredns-strict"]);
     let (code, _, stderr) = apply(&sim, &plan, &[]);
     assert_eq!(code, 0, "{stderr}");
-    assert_upgraded_once(&sim, 9);
+    sim.assert_upgraded_once(9);
 }
 
 #[test]
@@ -223,7 +194,7 @@ fn api_faults_and_a_short_outage_do_not_stop_a_rollout() {
     let status = child.wait().expect("apply ends");
     assert!(status.success(), "apply failed: {}", rest.join("\n"));
     sim.ctl(&["faults"]).success();
-    assert_upgraded_once(&sim, 9);
+    sim.assert_upgraded_once(9);
 }
 
 #[test]
@@ -267,7 +238,7 @@ fn approve_releases_a_node_waiting_for_approval() {
     }
     assert!(child.wait().expect("apply ends").success());
     assert_eq!(approvals, 9);
-    assert_upgraded_once(&sim, 9);
+    sim.assert_upgraded_once(9);
 }
 
 #[test]
@@ -371,7 +342,7 @@ fn apply_fails_over_to_the_next_api_server_when_the_one_in_use_goes_away() {
     let rest: Vec<String> = lines.collect();
     let status = child.wait().expect("apply ends");
     assert!(status.success(), "apply failed after the API server went away: {}", rest.join("\n"));
-    assert_upgraded_once(&sim, 9);
+    sim.assert_upgraded_once(9);
     let log = std::fs::read_to_string(sim.dir.path().join(".noderoll/failover.log")).expect("log");
     assert!(log.contains("failing over"), "the log says nothing of the failover");
 }

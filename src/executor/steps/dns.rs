@@ -150,6 +150,12 @@ pub(super) async fn act(ctx: &Context, step: &Step) -> Result<Value, StepError> 
         }
         (Action::DnsRepoint, _) => {
             let target = step.target.as_deref().unwrap_or_default();
+            let found = ctx.node(target).await?;
+            if !super::is_ready(&found) || found.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
+                return Err(StepError::Verify(format!(
+                    "the record cannot be moved to {target}: it is not Ready or it is cordoned; bring it back into service, then run apply again"
+                )));
+            }
             let target = address(&ctx.client, &ctx.patience, &ctx.plan, target).await?;
             (ChangeKind::Repoint, target, vec![target])
         }
