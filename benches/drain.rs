@@ -1,0 +1,297 @@
+//! noderoll's drain against `kubectl drain`, side by side against the same simulator: wall
+//! time and API requests (counted from the simulator's audit log, by user agent), for a
+//! node with 100 pods, and for a node whose 3 pods a PodDisruptionBudget lets go one at a
+//! time. Both run at the simulator's real time scale, since kubectl's waits are in real time.
+//!
+//! `cargo bench --bench drain` (needs kubectl on PATH, as `scripts/test` ensures)
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NEW_VERSION: &str = "v1.31.4+k3s1";
+/// Simulated (and, at time scale 1, real) time from scheduling to Ready.
+const POD_START_SECONDS: f64 = 2.0;
+/// Grace period of the benchmark's pods: how long an evicted pod stays Terminating.
+const GRACE_SECONDS: f64 = 1.0;
+/// Runs of each contender per scenario; the median is reported.
+const RUNS: usize = 3;
+
+/// A `noderoll sim serve` child with its audit log; killed on drop.
+struct Sim {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sim {
+    fn start() -> Sim {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = Command::new(env!("CARGO_BIN_EXE_noderoll"))
+            .args(["sim", "serve", "--listen", "127.0.0.1:0", "--time-scale", "1", "--seed", "7"])
+            .args(["--control-planes", "3", "--workstations", "2", "--sessions-per-node", "0", "--services", "0"])
+            .args(["--pod-start", &format!("{POD_START_SECONDS}s"), "--reboot-time", "1s"])
+            .arg("--kubeconfig-out")
+            .arg(dir.path().join("kubeconfig"))
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("noderoll sim serve starts");
+        let sim = Sim { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sim.kubeconfig().exists() {
+            assert!(Instant::now() < deadline, "the simulator wrote no kubeconfig");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sim
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .args(args)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .output()
+            .expect("kubectl runs");
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn create(&self, yaml: &str) {
+        let path = self.dir.path().join("object.yaml");
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.kubectl(&["create", "--validate=false", "-f", path.to_str().expect("utf-8")]);
+    }
+
+    /// Pods of the bench's app that are Running and Ready on `node`.
+    fn ready_on(&self, node: &str) -> usize {
+        let pods: Value =
+            serde_json::from_str(&self.kubectl(&["get", "pods", "-l", "app=bench", "-o", "json"])).expect("pods JSON");
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count()
+    }
+
+    fn wait_ready_on(&self, node: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.ready_on(node) < count {
+            assert!(Instant::now() < deadline, "{count} bench pods did not become Ready on {node}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Audit lines so far.
+    fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One drain: wall seconds and API requests.
+#[derive(Clone, Copy)]
+struct Measured {
+    seconds: f64,
+    requests: usize,
+}
+
+fn kubectl_drain(sim: &Sim, node: &str) -> Measured {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = sim.audit().len();
+    let started = Instant::now();
+    sim.kubectl(&["drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m"]);
+    let seconds = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let requests = sim.audit()[before..]
+        .iter()
+        .filter(|e| e["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl")))
+        .count();
+    Measured { seconds, requests }
+}
+
+/// A plan of `node` alone, the simulator's upgrade as its hook.
+fn plan(dir: &Path, node: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: bench}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    drain: {{timeout: 5m, ignoreDaemonSets: true, deleteEmptyDirData: true}}\n    upgrade:\n      command: [{}, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, {NEW_VERSION}]\n      timeout: 2m\n    verify: {{readyTimeout: 2m}}\n  batches:\n    - {{name: one, role: workstation, nodes: [{node}]}}\n",
+        env!("CARGO_BIN_EXE_noderoll")
+    );
+    let path = dir.join("bench.yaml");
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+fn timestamp(text: &str) -> jiff::Timestamp {
+    text.parse().unwrap_or_else(|e| panic!("not a timestamp: {text}: {e}"))
+}
+
+/// noderoll's drain step, inside a whole `apply` of a one-node plan: its time from the
+/// journal, its requests from the audit log between the step's start and end.
+fn noderoll_drain(sim: &Sim, node: &str, run: usize) -> Measured {
+    let plan = plan(sim.dir.path(), node);
+    let journal = sim.dir.path().join(format!("bench-{run}.journal"));
+    let out = Command::new(env!("CARGO_BIN_EXE_noderoll"))
+        .arg("apply")
+        .arg(&plan)
+        .arg("--kubeconfig")
+        .arg(sim.kubeconfig())
+        .arg("--journal")
+        .arg(&journal)
+        .args(["--yes", "--output", "json"])
+        .env("KUBECONFIG", sim.kubeconfig())
+        .stdin(Stdio::null())
+        .output()
+        .expect("apply runs");
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    let records: Vec<Value> = std::fs::read_to_string(&journal)
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let step = format!("{node}/drain");
+    let at = |kind: &str| {
+        records
+            .iter()
+            .find(|r| r["event"] == kind && r["step"] == step)
+            .and_then(|r| r["at"].as_str())
+            .map(timestamp)
+            .unwrap_or_else(|| panic!("no {kind} record for {step}"))
+    };
+    let (from, to) = (at("step-started"), at("step-finished"));
+    let requests = sim
+        .audit()
+        .iter()
+        .filter(|e| !e["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl")))
+        .filter_map(|e| e["time"].as_str().map(timestamp))
+        .filter(|t| *t >= from && *t <= to)
+        .count();
+    Measured { seconds: (to - from).total(jiff::Unit::Second).unwrap_or(0.0), requests }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct Row {
+    scenario: &'static str,
+    kubectl: Vec<Measured>,
+    noderoll: Vec<Measured>,
+    lower_bound: Option<f64>,
+}
+
+/// Alternates kubectl and noderoll on the same node, `reset` putting the pods back before
+/// each run.
+fn compare(scenario: &'static str, sim: &Sim, node: &str, reset: &dyn Fn(), lower_bound: Option<f64>) -> Row {
+    let mut row = Row { scenario, kubectl: Vec::new(), noderoll: Vec::new(), lower_bound };
+    for run in 0..RUNS {
+        reset();
+        row.kubectl.push(kubectl_drain(sim, node));
+        reset();
+        row.noderoll.push(noderoll_drain(sim, node, run));
+        eprintln!(
+            "  {scenario}, run {}: kubectl {:.2} s / {} requests, noderoll {:.2} s / {} requests",
+            run + 1,
+            row.kubectl[run].seconds,
+            row.kubectl[run].requests,
+            row.noderoll[run].seconds,
+            row.noderoll[run].requests
+        );
+    }
+    row
+}
+
+fn deployment(replicas: usize, node_selector: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: bench, namespace: default}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: bench}}}}\n  template:\n    metadata: {{labels: {{app: bench}}}}\n    spec:\n      terminationGracePeriodSeconds: {GRACE_SECONDS}\n{node_selector}      containers: [{{name: app, image: registry.example/bench:1}}]\n"
+    )
+}
+
+/// 100 pods pinned to ws01: every eviction is allowed at once.
+fn hundred_pods() -> Row {
+    let sim = Sim::start();
+    sim.create(&deployment(100, "      nodeSelector: {kubernetes.io/hostname: ws01}\n"));
+    sim.wait_ready_on("ws01", 100);
+    let reset = || {
+        sim.kubectl(&["uncordon", "ws01"]);
+        sim.wait_ready_on("ws01", 100);
+    };
+    compare("100 pods, no budget", &sim, "ws01", &reset, None)
+}
+
+/// 3 pods on ws01 under a budget of minAvailable 2, their replacements going to ws02: the
+/// budget lets one go at a time, each after the previous replacement is Ready.
+fn budgeted() -> Row {
+    let sim = Sim::start();
+    for node in ["cp1", "cp2", "cp3", "ws02"] {
+        sim.kubectl(&["cordon", node]);
+    }
+    sim.create(&deployment(3, ""));
+    sim.create(
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: bench, namespace: default}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: bench}}\n",
+    );
+    sim.wait_ready_on("ws01", 3);
+    let reset = || {
+        // Back to three pods on ws01: only ws01 schedulable, the pods elsewhere deleted.
+        sim.kubectl(&["uncordon", "ws01"]);
+        sim.kubectl(&["cordon", "ws02"]);
+        sim.kubectl(&["delete", "pods", "-l", "app=bench", "--field-selector", "spec.nodeName=ws02", "--wait=false"]);
+        sim.wait_ready_on("ws01", 3);
+        sim.kubectl(&["uncordon", "ws02"]);
+    };
+    // Two replacements must become Ready one after the other before the last pod may go,
+    // and the last pod then terminates: the simulator cannot do it faster.
+    let lower_bound = 2.0 * POD_START_SECONDS + GRACE_SECONDS;
+    compare("3 pods, PDB minAvailable 2", &sim, "ws01", &reset, Some(lower_bound))
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    eprintln!("drain: noderoll vs kubectl drain against the simulator, {RUNS} runs each, medians");
+    let rows = [hundred_pods(), budgeted()];
+    println!();
+    println!(
+        "| scenario | kubectl drain | noderoll drain | time ratio | kubectl requests | noderoll requests | request ratio | lower bound |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let k_time = median(row.kubectl.iter().map(|m| m.seconds).collect());
+        let n_time = median(row.noderoll.iter().map(|m| m.seconds).collect());
+        let k_requests = median(row.kubectl.iter().map(|m| m.requests as f64).collect());
+        let n_requests = median(row.noderoll.iter().map(|m| m.requests as f64).collect());
+        let bound = row
+            .lower_bound
+            .map_or_else(|| "-".to_owned(), |b| format!("{b:.1} s (noderoll +{:.0}%)", (n_time / b - 1.0) * 100.0));
+        println!(
+            "| {} | {k_time:.2} s | {n_time:.2} s | {:.2} | {k_requests:.0} | {n_requests:.0} | {:.2} | {bound} |",
+            row.scenario,
+            n_time / k_time,
+            n_requests / k_requests
+        );
+    }
+}
