@@ -5,203 +5,31 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Random, SimProcess, apply_via, free_port, noderoll};
+use crate::harness::{Random, SimProcess, noderoll};
+use crate::knot::{
+    KEY, Knot, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, roll_and_watch,
+    servicelb_plan, start_apply, watch,
+};
 
-/// The key knotd knows; the tests' own, good for nothing else.
-const KEY: &str = "bm9kZXJvbGwtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
-/// A key knotd does not know.
-const WRONG_KEY: &str = "c29tZS1vdGhlci1rZXktdGhhdC1pcy1ub3QtcmlnaHQ=";
-/// The simulator's control-plane nodes' InternalIPs.
-const SERVICE_ADDRESSES: [&str; 3] = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
-const RECORD: &str = "juno.example.test.";
-
-/// knotd serving `example.test` from a temp dir; dropping it kills the server.
-struct Knot {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Knot {
-    /// A zone whose `juno` record holds `addresses`, with TTL 1.
-    fn start(addresses: &[&str]) -> Knot {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let root = dir.path().display().to_string();
-        std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
-        std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
-        let config = format!(
-            "server:\n    rundir: \"{root}/run\"\n    listen: 127.0.0.1@{port}\nlog:\n  - target: stderr\n    any: info\ndatabase:\n    storage: \"{root}/storage\"\nkey:\n  - id: noderoll\n    algorithm: hmac-sha256\n    secret: {KEY}\nacl:\n  - id: upd\n    address: 127.0.0.1\n    key: noderoll\n    action: update\nzone:\n  - domain: example.test\n    storage: \"{root}/storage\"\n    file: example.test.zone\n    acl: upd\n"
-        );
-        std::fs::write(dir.path().join("knot.conf"), config).expect("knot.conf");
-        let mut zone = String::from(
-            "$ORIGIN example.test.\n$TTL 1\n@ IN SOA ns.example.test. admin.example.test. 1 3600 900 604800 1\n@ IN NS ns.example.test.\nns IN A 127.0.0.1\n",
-        );
-        for address in addresses {
-            zone.push_str(&format!("juno 1 IN A {address}\n"));
-        }
-        std::fs::write(dir.path().join("storage/example.test.zone"), zone).expect("zone file");
-        let check = Command::new("knotc")
-            .arg("-c")
-            .arg(dir.path().join("knot.conf"))
-            .arg("conf-check")
-            .output()
-            .expect("knotc runs (scripts/test installs knot)");
-        assert!(check.status.success(), "knot.conf: {}", String::from_utf8_lossy(&check.stderr));
-        let mut knot = Knot { dir, port, child: None };
-        knot.run();
-        knot
-    }
-
-    /// Starts knotd on the existing config and storage (a restart keeps the zone's state).
-    fn run(&mut self) {
-        let child = Command::new("knotd")
-            .arg("-c")
-            .arg(self.dir.path().join("knot.conf"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("knotd.log")).expect("log file"))
-            .spawn()
-            .expect("knotd starts (scripts/test installs knot)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.kdig(&["example.test.", "SOA"]).contains("SOA") {
-            assert!(Instant::now() < deadline, "knotd did not answer within 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn server(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// kdig over TCP (a UDP probe at a port not bound yet stalls), answer section only.
-    fn kdig(&self, question: &[&str]) -> String {
-        let out = Command::new("kdig")
-            .args(["@127.0.0.1", "-p", &self.port.to_string(), "+tcp", "+timeout=1", "+retry=0", "+noall", "+answer"])
-            .args(question)
-            .output()
-            .expect("kdig runs (scripts/test installs knot-dnsutils)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The record's answer as (TTL, address), sorted.
-    fn answer(&self) -> Vec<(String, String)> {
-        let mut records: Vec<(String, String)> = self
-            .kdig(&[RECORD, "A"])
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.len() == 5 && fields[3] == "A").then(|| (fields[1].to_owned(), fields[4].to_owned()))
-            })
-            .collect();
-        records.sort();
-        records
-    }
-
-    fn addresses(&self) -> BTreeSet<String> {
-        self.answer().into_iter().map(|(_, a)| a).collect()
-    }
-
-    /// knsupdate's `-y` argument.
-    fn key_argument() -> String {
-        format!("hmac-sha256:noderoll:{KEY}")
-    }
-
-    /// Sends nsupdate text (without `server`) with knsupdate, as an operator would.
-    fn nsupdate(&self, text: &str) {
-        let mut child = Command::new("knsupdate")
-            .args(["-y", &Self::key_argument()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("knsupdate runs");
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
-            writeln!(stdin, "server 127.0.0.1 {}\nzone example.test.\n{text}", self.port).expect("write");
-        }
-        let out = child.wait_with_output().expect("knsupdate ends");
-        assert!(out.status.success(), "knsupdate failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Knot {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A ServiceLB plan for the simulator's control plane (cp1..3; workstations add nothing
-/// to the DNS steps, and their sessions take a minute to move), with `provider` (YAML lines under `provider:`) and `extra` lines under `dns:`.
+/// A ServiceLB plan for cp1..3 alone: workstations add nothing to the DNS steps, and
+/// their sessions take a minute to move.
 fn plan(dir: &Path, provider: &str, extra: &str) -> PathBuf {
     plan_with(dir, "round-robin", provider, extra)
 }
 
 /// `plan` with a record strategy.
 fn plan_with(dir: &Path, strategy: &str, provider: &str, extra: &str) -> PathBuf {
-    let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{extra}  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n"
-    );
-    let path = dir.join("dns.yaml");
-    std::fs::write(&path, text).expect("write plan");
-    path
-}
-
-/// The rfc2136 provider lines, with the secret in `dir/tsig.secret`.
-fn rfc2136(dir: &Path, knot: &Knot, secret: &str) -> String {
-    std::fs::write(dir.join("tsig.secret"), format!("{secret}\n")).expect("secret file");
-    format!(
-        "        rfc2136:\n          server: {}\n          zone: example.test.\n          tsig: {{name: noderoll, algorithm: hmac-sha256, secretFile: tsig.secret}}\n",
-        knot.server()
-    )
-}
-
-fn start_apply(sim: &SimProcess, plan: &Path) -> Child {
-    apply_via(&sim.kubeconfig(), plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("apply starts")
-}
-
-fn finish(child: Child) -> (i32, Vec<Value>, String) {
-    let out = child.wait_with_output().expect("apply ends");
-    let events = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// The service nodes cordoned now.
-fn cordoned(sim: &SimProcess) -> BTreeSet<String> {
-    let text = sim.kubectl_ok(&[
-        "get",
-        "nodes",
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.name}={.spec.unschedulable}{\"\\n\"}{end}",
-    ]);
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .filter(|(name, value)| name.starts_with("cp") && *value == "true")
-        .map(|(name, _)| name.to_owned())
-        .collect()
+    servicelb_plan(dir, strategy, provider, extra, "")
 }
 
 /// stderr without miette's frame and line breaks, to search sentences in.
 fn flat(stderr: &str) -> String {
     stderr.replace(['│', '×'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn address_of(node: &str) -> String {
-    let index: usize = node.trim_start_matches("cp").parse().expect("cpN");
-    SERVICE_ADDRESSES[index - 1].to_owned()
 }
 
 fn initial() -> Vec<&'static str> {
@@ -215,34 +43,6 @@ fn setup(addresses: &[&str]) -> (SimProcess, Knot, Vec<(String, String)>, tempfi
     let knot = Knot::start(addresses);
     let before = knot.answer();
     (sim, knot, before, tempfile::tempdir().expect("temp dir"))
-}
-
-/// Runs apply to its end while asking knotd and the API server, over and over, what they
-/// hold; asserts the record is never empty and never serves a cordoned service node.
-/// Returns the exit code, the events, stderr, and the nodes seen cordoned.
-fn roll_and_watch(sim: &SimProcess, knot: &Knot, plan: &Path) -> (i32, Vec<Value>, String, BTreeSet<String>) {
-    watch(sim, knot, start_apply(sim, plan))
-}
-
-/// `roll_and_watch` of an apply already started.
-fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> (i32, Vec<Value>, String, BTreeSet<String>) {
-    let mut seen_out: BTreeSet<String> = BTreeSet::new();
-    let mut samples = 0;
-    while child.try_wait().expect("poll apply").is_none() {
-        // Cordoned before and after the question: cordoned throughout it, since a node is
-        // cordoned once per rollout; its address must not be served meanwhile.
-        let first = cordoned(sim);
-        let served = knot.addresses();
-        let second = cordoned(sim);
-        samples += 1;
-        assert!(!served.is_empty(), "the record set was empty (sample {samples})");
-        for node in first.intersection(&second) {
-            assert!(!served.contains(&address_of(node)), "{node} is cordoned but {RECORD} still serves its address");
-            seen_out.insert(node.clone());
-        }
-    }
-    let (code, events, stderr) = finish(child);
-    (code, events, stderr, seen_out)
 }
 
 /// The record changes the run reported.
@@ -260,7 +60,8 @@ fn changes(events: &[Value]) -> Vec<String> {
 fn a_round_robin_rollout_keeps_the_record_served_and_each_node_out_of_it_while_cordoned() {
     let (sim, knot, before, dir) = setup(&initial());
     let plan = plan(dir.path(), &rfc2136(dir.path(), &knot, KEY), "");
-    let (code, events, stderr, seen_out) = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events, stderr, seen_out, violations } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "apply failed: {stderr}");
     assert_eq!(seen_out.len(), 3, "every service node was seen cordoned and out of the record: {seen_out:?}");
     assert_eq!(knot.answer(), before, "the record ends as it began, TTLs included");
@@ -274,7 +75,8 @@ fn a_round_robin_rollout_keeps_the_record_served_and_each_node_out_of_it_while_c
 fn a_single_record_is_repointed_while_its_node_is_out_and_moved_back() {
     let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
     let plan = plan_with(dir.path(), "single-record", &rfc2136(dir.path(), &knot, KEY), "");
-    let (code, events, stderr, seen_out) = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events, stderr, seen_out, violations } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "apply failed: {stderr}");
     assert!(seen_out.contains("cp1"), "cp1 was seen cordoned with the record elsewhere: {seen_out:?}");
     assert_eq!(
@@ -321,7 +123,8 @@ fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
             }
             killed_at
         });
-        let (code, _, stderr, _) = watch(&sim, &knot, child);
+        let Watched { code, events: _, stderr, seen_out: _, violations } = watch(&sim, &knot, child);
+        assert!(violations.is_empty(), "{violations:?}");
         let killed_at = killer.join().expect("killer thread");
         assert!(
             killed_at.is_some() || (code == 0 && kill > 0),
@@ -329,7 +132,8 @@ fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
         );
         assert!(code == -1 || code == 0, "seed {seed}, kill {kill} at event {stop} ({killed_at:?}): {stderr}");
     }
-    let (code, _, stderr, _) = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events: _, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "seed {seed}: the last resume finishes: {stderr}");
     sim.assert_upgraded_once(3);
     assert_eq!(knot.answer(), before, "seed {seed}: every record is back, TTLs included");
@@ -407,7 +211,8 @@ fn the_command_provider_runs_the_plans_commands_and_waits_for_the_resolver() {
         script("add", "1")
     );
     let plan = plan(dir.path(), &provider, &format!("      resolvers: [\"{}\"]\n", knot.server()));
-    let (code, _, stderr, seen_out) = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events: _, stderr, seen_out, violations } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(seen_out.len(), 3, "{seen_out:?}");
     assert_eq!(knot.answer(), before);

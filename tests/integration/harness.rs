@@ -26,6 +26,10 @@ impl Random {
         let seed: u64 = std::env::var("NODEROLL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
         });
+        Random::with_seed(seed)
+    }
+
+    pub(crate) fn with_seed(seed: u64) -> Random {
         Random { seed, state: seed }
     }
 

@@ -3,6 +3,7 @@
 mod check;
 mod dns;
 mod harness;
+mod knot;
 mod preview;
 mod quorum;
 mod rollout;

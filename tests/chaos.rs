@@ -1,0 +1,206 @@
+//! The chaos suite: ServiceLB rollouts against the simulator and a real knotd, under random
+//! API faults, each `apply` killed with SIGKILL at a random event and then resumed, watched
+//! from outside the whole time. It counts what must never happen (an empty record set, a
+//! cordoned node still served, two etcd members' nodes out at once, a node left cordoned, a
+//! record not restored, a node upgraded twice or not at all, a broken journal line) and
+//! reports the rollouts that needed more than one resume.
+//!
+//! Each run draws a fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a
+//! mix) and, at a random event, a 2 s outage of the whole API on top of it.
+//!
+//! `cargo test` runs a short version (2 runs of a 13-node plan). The full suite:
+//! `cargo test --release --test chaos -- --runs 200 --workstations 27 --minutes 120`
+//! (a 30-node plan); `--seed N` replays a suite. All traffic stays on loopback.
+
+#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
+#[path = "integration/harness.rs"]
+mod harness;
+#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
+#[path = "integration/knot.rs"]
+mod knot;
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use harness::{Random, SimProcess};
+use knot::{KEY, Knot, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
+
+/// How a suite runs.
+struct Settings {
+    runs: usize,
+    workstations: usize,
+    minutes: u64,
+    seed: Option<u64>,
+}
+
+fn settings() -> Settings {
+    let mut settings = Settings { runs: 2, workstations: 10, minutes: 20, seed: None };
+    let args: Vec<String> = std::env::args().collect();
+    for pair in args.windows(2) {
+        let value = || pair[1].parse::<u64>().unwrap_or_else(|_| panic!("{} takes a number", pair[0]));
+        match pair[0].as_str() {
+            "--runs" => settings.runs = value() as usize,
+            "--workstations" => settings.workstations = value() as usize,
+            "--minutes" => settings.minutes = value(),
+            "--seed" => settings.seed = Some(value()),
+            _ => {}
+        }
+    }
+    settings
+}
+
+/// API faults for one run, as `noderoll sim ctl faults` arguments.
+fn faults(random: &mut Random) -> Vec<String> {
+    let profiles: [&[&str]; 5] = [
+        &[],
+        &["--error-rate", "0.05"],
+        &["--throttle-rate", "0.05"],
+        &["--drop-rate", "0.03"],
+        &["--error-rate", "0.03", "--throttle-rate", "0.03", "--drop-rate", "0.02"],
+    ];
+    profiles[random.below(profiles.len() as u64) as usize].iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What one run left behind.
+#[derive(Default)]
+struct Tally {
+    violations: Vec<String>,
+    left_cordoned: usize,
+    records_not_restored: usize,
+    upgraded_twice: usize,
+    not_upgraded: usize,
+    broken_journal_lines: usize,
+    extra_resumes: usize,
+}
+
+fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
+    let sim = SimProcess::start(&["--workstations", &settings.workstations.to_string(), "--sessions-per-node", "0"]);
+    let knot = Knot::start(&SERVICE_ADDRESSES);
+    let before = knot.answer();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let width = settings.workstations.to_string().len().max(2);
+    let workstations: Vec<String> = (1..=settings.workstations).map(|i| format!("ws{i:0width$}")).collect();
+    let plan = servicelb_plan(
+        dir.path(),
+        "round-robin",
+        &rfc2136(dir.path(), &knot, KEY),
+        "",
+        &format!(
+            "    - {{name: workstations, role: workstation, nodes: [{}], maxUnavailable: 5}}\n",
+            workstations.join(", ")
+        ),
+    );
+    let faults = faults(random);
+    let mut fault_args = vec!["faults"];
+    fault_args.extend(faults.iter().map(String::as_str));
+    sim.ctl(&fault_args).success();
+    // A rollout reports about three events per step and nine steps per node.
+    let events = 3 * 9 * (3 + settings.workstations) as u64;
+    let stop = 1 + random.below(events) as usize;
+    let outage_at = 1 + random.below(events) as usize;
+    let mut child = start_apply(&sim, &plan);
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id().to_string();
+    let kubeconfig = sim.kubeconfig();
+    let outage_args: Vec<String> = faults.iter().cloned().chain(["--outage".to_owned(), "2s".to_owned()]).collect();
+    let killer = std::thread::spawn(move || {
+        for (seen, _) in BufReader::new(stdout).lines().map_while(Result::ok).enumerate() {
+            if seen + 1 == outage_at {
+                let _ = Command::new(assert_cmd::cargo::cargo_bin("noderoll"))
+                    .args(["sim", "ctl", "--kubeconfig"])
+                    .arg(&kubeconfig)
+                    .arg("faults")
+                    .args(&outage_args)
+                    .stdout(std::process::Stdio::null())
+                    .status();
+            }
+            if seen + 1 == stop {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                return true;
+            }
+        }
+        false
+    });
+    let first = watch(&sim, &knot, child);
+    let killed = killer.join().expect("killer thread");
+    let mut tally = Tally { violations: first.violations, ..Tally::default() };
+    let mut resumes = 0;
+    loop {
+        let resumed = roll_and_watch(&sim, &knot, &plan);
+        tally.violations.extend(resumed.violations);
+        resumes += 1;
+        if resumed.code == 0 || resumes == 3 {
+            if resumed.code != 0 {
+                eprintln!("run {number}: still not finished after 3 resumes: {}", resumed.stderr.trim());
+            }
+            break;
+        }
+    }
+    tally.extra_resumes = resumes - 1;
+    sim.ctl(&["faults"]).success();
+    let nodes = sim.nodes();
+    tally.left_cordoned =
+        nodes["items"].as_array().into_iter().flatten().filter(|n| n["spec"]["unschedulable"] == true).count();
+    tally.records_not_restored = usize::from(knot.answer() != before);
+    let reboots = sim.state()["reboots"].as_object().cloned().unwrap_or_default();
+    tally.upgraded_twice = reboots.values().filter(|r| r.as_u64().unwrap_or(0) > 1).count();
+    tally.not_upgraded = (3 + settings.workstations).saturating_sub(reboots.len());
+    let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).unwrap_or_default();
+    tally.broken_journal_lines = journal.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).count();
+    eprintln!(
+        "run {number}: faults {:?}, {} at event {stop}, outage at event {outage_at}, {resumes} resume(s), {} violation(s)",
+        faults,
+        if killed { "killed" } else { "finished before the kill" },
+        tally.violations.len()
+    );
+    tally
+}
+
+fn main() {
+    let settings = settings();
+    let mut random = Random::from_env();
+    if let Some(seed) = settings.seed {
+        random = Random::with_seed(seed);
+    }
+    let nodes = 3 + settings.workstations;
+    eprintln!(
+        "chaos: up to {} run(s) of a {nodes}-node ServiceLB plan, at most {} minute(s), seed {}",
+        settings.runs, settings.minutes, random.seed
+    );
+    let started = Instant::now();
+    let mut total = Tally::default();
+    let mut done = 0;
+    while done < settings.runs && started.elapsed() < Duration::from_secs(settings.minutes * 60) {
+        let tally = run(done + 1, &settings, &mut random);
+        for violation in &tally.violations {
+            eprintln!("  run {}: {violation}", done + 1);
+        }
+        total.violations.extend(tally.violations);
+        total.left_cordoned += tally.left_cordoned;
+        total.records_not_restored += tally.records_not_restored;
+        total.upgraded_twice += tally.upgraded_twice;
+        total.not_upgraded += tally.not_upgraded;
+        total.broken_journal_lines += tally.broken_journal_lines;
+        total.extra_resumes += tally.extra_resumes;
+        done += 1;
+    }
+    let safety = [
+        ("record set empty, cordoned node served, or quorum exceeded (observations)", total.violations.len()),
+        ("nodes left cordoned", total.left_cordoned),
+        ("records not restored", total.records_not_restored),
+        ("nodes upgraded twice", total.upgraded_twice),
+        ("nodes not upgraded", total.not_upgraded),
+        ("broken journal lines", total.broken_journal_lines),
+    ];
+    println!("chaos: {done} run(s) of {nodes} nodes in {:.0} s, seed {}", started.elapsed().as_secs_f64(), random.seed);
+    for (what, count) in safety {
+        println!("  {what}: {count}");
+    }
+    println!("  resumes beyond the first (a human would have run apply again): {}", total.extra_resumes);
+    if safety.iter().any(|(_, count)| *count > 0) {
+        std::process::exit(1);
+    }
+}

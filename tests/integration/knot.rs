@@ -1,0 +1,261 @@
+//! A real knotd for the DNS tests and the chaos suite: an authoritative `example.test` zone
+//! on a free loopback port that takes TSIG-signed RFC 2136 updates, and a watcher that asks
+//! it and the API server, over and over, whether the rollout keeps its DNS promises.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{SimProcess, apply_via, free_port};
+
+/// The key knotd knows; the tests' own, good for nothing else.
+pub(crate) const KEY: &str = "bm9kZXJvbGwtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
+/// A key knotd does not know.
+pub(crate) const WRONG_KEY: &str = "c29tZS1vdGhlci1rZXktdGhhdC1pcy1ub3QtcmlnaHQ=";
+/// The simulator's control-plane nodes' InternalIPs.
+pub(crate) const SERVICE_ADDRESSES: [&str; 3] = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+pub(crate) const RECORD: &str = "juno.example.test.";
+
+/// knotd serving `example.test` from a temp dir; dropping it kills the server.
+pub(crate) struct Knot {
+    dir: tempfile::TempDir,
+    pub(crate) port: u16,
+    child: Option<Child>,
+}
+
+impl Knot {
+    /// A zone whose `juno` record holds `addresses`, with TTL 1.
+    pub(crate) fn start(addresses: &[&str]) -> Knot {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let root = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
+        std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
+        let config = format!(
+            "server:\n    rundir: \"{root}/run\"\n    listen: 127.0.0.1@{port}\nlog:\n  - target: stderr\n    any: info\ndatabase:\n    storage: \"{root}/storage\"\nkey:\n  - id: noderoll\n    algorithm: hmac-sha256\n    secret: {KEY}\nacl:\n  - id: upd\n    address: 127.0.0.1\n    key: noderoll\n    action: update\nzone:\n  - domain: example.test\n    storage: \"{root}/storage\"\n    file: example.test.zone\n    acl: upd\n"
+        );
+        std::fs::write(dir.path().join("knot.conf"), config).expect("knot.conf");
+        let mut zone = String::from(
+            "$ORIGIN example.test.\n$TTL 1\n@ IN SOA ns.example.test. admin.example.test. 1 3600 900 604800 1\n@ IN NS ns.example.test.\nns IN A 127.0.0.1\n",
+        );
+        for address in addresses {
+            zone.push_str(&format!("juno 1 IN A {address}\n"));
+        }
+        std::fs::write(dir.path().join("storage/example.test.zone"), zone).expect("zone file");
+        let check = Command::new("knotc")
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .arg("conf-check")
+            .output()
+            .expect("knotc runs (scripts/test installs knot)");
+        assert!(check.status.success(), "knot.conf: {}", String::from_utf8_lossy(&check.stderr));
+        let mut knot = Knot { dir, port, child: None };
+        knot.run();
+        knot
+    }
+
+    /// Starts knotd on the existing config and storage (a restart keeps the zone's state).
+    pub(crate) fn run(&mut self) {
+        let child = Command::new("knotd")
+            .arg("-c")
+            .arg(self.dir.path().join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("knotd.log")).expect("log file"))
+            .spawn()
+            .expect("knotd starts (scripts/test installs knot)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.kdig(&["example.test.", "SOA"]).contains("SOA") {
+            assert!(Instant::now() < deadline, "knotd did not answer within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// kdig over TCP (a UDP probe at a port not bound yet stalls), answer section only.
+    pub(crate) fn kdig(&self, question: &[&str]) -> String {
+        let out = Command::new("kdig")
+            .args(["@127.0.0.1", "-p", &self.port.to_string(), "+tcp", "+timeout=1", "+retry=0", "+noall", "+answer"])
+            .args(question)
+            .output()
+            .expect("kdig runs (scripts/test installs knot-dnsutils)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The record's answer as (TTL, address), sorted.
+    pub(crate) fn answer(&self) -> Vec<(String, String)> {
+        let mut records: Vec<(String, String)> = self
+            .kdig(&[RECORD, "A"])
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() == 5 && fields[3] == "A").then(|| (fields[1].to_owned(), fields[4].to_owned()))
+            })
+            .collect();
+        records.sort();
+        records
+    }
+
+    pub(crate) fn addresses(&self) -> BTreeSet<String> {
+        self.answer().into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// knsupdate's `-y` argument.
+    pub(crate) fn key_argument() -> String {
+        format!("hmac-sha256:noderoll:{KEY}")
+    }
+
+    /// Sends nsupdate text (without `server`) with knsupdate, as an operator would.
+    pub(crate) fn nsupdate(&self, text: &str) {
+        let mut child = Command::new("knsupdate")
+            .args(["-y", &Self::key_argument()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("knsupdate runs");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            writeln!(stdin, "server 127.0.0.1 {}\nzone example.test.\n{text}", self.port).expect("write");
+        }
+        let out = child.wait_with_output().expect("knsupdate ends");
+        assert!(out.status.success(), "knsupdate failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The service nodes cordoned now.
+pub(crate) fn cordoned(sim: &SimProcess) -> BTreeSet<String> {
+    try_cordoned(sim).expect("kubectl get nodes")
+}
+
+/// `cordoned`, or `None` when the API answered with an error (the chaos suite injects them).
+pub(crate) fn try_cordoned(sim: &SimProcess) -> Option<BTreeSet<String>> {
+    let out = sim.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.unschedulable}{\"\\n\"}{end}",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cordoned = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(name, value)| name.starts_with("cp") && *value == "true")
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    Some(cordoned)
+}
+
+pub(crate) fn address_of(node: &str) -> String {
+    let index: usize = node.trim_start_matches("cp").parse().expect("cpN");
+    SERVICE_ADDRESSES[index - 1].to_owned()
+}
+
+/// A ServiceLB plan for the simulator's cp1..3 with `provider` (YAML lines under
+/// `provider:`), `dns_extra` lines under `dns:`, and `batches_extra` after the control
+/// plane's batch.
+pub(crate) fn servicelb_plan(
+    dir: &Path,
+    strategy: &str,
+    provider: &str,
+    dns_extra: &str,
+    batches_extra: &str,
+) -> PathBuf {
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns_extra}  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches_extra}"
+    );
+    let path = dir.join("dns.yaml");
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+/// The rfc2136 provider lines, with the secret in `dir/tsig.secret`.
+pub(crate) fn rfc2136(dir: &Path, knot: &Knot, secret: &str) -> String {
+    std::fs::write(dir.join("tsig.secret"), format!("{secret}\n")).expect("secret file");
+    format!(
+        "        rfc2136:\n          server: {}\n          zone: example.test.\n          tsig: {{name: noderoll, algorithm: hmac-sha256, secretFile: tsig.secret}}\n",
+        knot.server()
+    )
+}
+
+pub(crate) fn start_apply(sim: &SimProcess, plan: &Path) -> Child {
+    apply_via(&sim.kubeconfig(), plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("apply starts")
+}
+
+pub(crate) fn finish(child: Child) -> (i32, Vec<Value>, String) {
+    let out = child.wait_with_output().expect("apply ends");
+    let events = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// What a watched apply did and what was seen from outside meanwhile.
+pub(crate) struct Watched {
+    /// Exit code; -1 when killed by a signal.
+    pub(crate) code: i32,
+    pub(crate) events: Vec<Value>,
+    pub(crate) stderr: String,
+    /// Service nodes seen cordoned (and, so, out of the record).
+    pub(crate) seen_out: BTreeSet<String>,
+    /// Broken promises: an empty record, a cordoned node still served, more service nodes
+    /// cordoned at once than etcd quorum allows.
+    pub(crate) violations: Vec<String>,
+}
+
+/// Runs apply to its end, asking knotd and the API server over and over what they hold.
+pub(crate) fn roll_and_watch(sim: &SimProcess, knot: &Knot, plan: &Path) -> Watched {
+    watch(sim, knot, start_apply(sim, plan))
+}
+
+/// `roll_and_watch` of an apply already started.
+pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched {
+    let mut seen_out: BTreeSet<String> = BTreeSet::new();
+    let mut violations = Vec::new();
+    let mut samples = 0;
+    while child.try_wait().expect("poll apply").is_none() {
+        // Cordoned before and after the question: cordoned throughout it, since a node is
+        // cordoned once per rollout; its address must not be served meanwhile.
+        let first = try_cordoned(sim);
+        let served = knot.addresses();
+        let second = try_cordoned(sim);
+        let (Some(first), Some(second)) = (first, second) else { continue };
+        samples += 1;
+        if served.is_empty() {
+            violations.push(format!("sample {samples}: {RECORD} served no address"));
+        }
+        let out: BTreeSet<&String> = first.intersection(&second).collect();
+        if out.len() > 1 {
+            violations.push(format!("sample {samples}: {} etcd members' nodes cordoned at once: {out:?}", out.len()));
+        }
+        for node in out {
+            if served.contains(&address_of(node)) {
+                violations.push(format!("sample {samples}: {node} is cordoned but {RECORD} still serves its address"));
+            }
+            seen_out.insert(node.clone());
+        }
+    }
+    let (code, events, stderr) = finish(child);
+    Watched { code, events, stderr, seen_out, violations }
+}
