@@ -5,7 +5,8 @@
 //! record not restored, a node upgraded twice or not at all, a broken journal line) and
 //! reports the rollouts that needed more than one resume.
 //!
-//! Each run draws a fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a
+//! Each run draws the plan's shape (round-robin or single-record; workstations in one to
+//! three batches of 1 to 8 at a time), a fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a
 //! mix) and, at a random event, a 2 s outage of the whole API on top of it.
 //!
 //! `cargo test` runs a short version (2 runs of a 13-node plan). The full suite:
@@ -78,27 +79,32 @@ struct Tally {
 
 fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let sim = SimProcess::start(&["--workstations", &settings.workstations.to_string(), "--sessions-per-node", "0"]);
-    let knot = Knot::start(&SERVICE_ADDRESSES);
+    // The plan's shape is drawn too: the record strategy, and the workstations in one to
+    // three batches of random width.
+    let single = random.below(2) == 0;
+    let (strategy, record) =
+        if single { ("single-record", &SERVICE_ADDRESSES[..1]) } else { ("round-robin", &SERVICE_ADDRESSES[..]) };
+    let knot = Knot::start(record);
     let before = knot.answer();
     let dir = tempfile::tempdir().expect("temp dir");
     let width = settings.workstations.to_string().len().max(2);
     let workstations: Vec<String> = (1..=settings.workstations).map(|i| format!("ws{i:0width$}")).collect();
-    let plan = servicelb_plan(
-        dir.path(),
-        "round-robin",
-        &rfc2136(dir.path(), &knot, KEY),
-        "",
-        &format!(
-            "    - {{name: workstations, role: workstation, nodes: [{}], maxUnavailable: 5}}\n",
-            workstations.join(", ")
-        ),
-    );
+    let batches = 1 + random.below(3) as usize;
+    let mut batch_lines = String::new();
+    for (i, chunk) in workstations.chunks(workstations.len().div_ceil(batches).max(1)).enumerate() {
+        let at_once = 1 + random.below(8);
+        batch_lines.push_str(&format!(
+            "    - {{name: ws-{i}, role: workstation, nodes: [{}], maxUnavailable: {at_once}}}\n",
+            chunk.join(", ")
+        ));
+    }
+    let plan = servicelb_plan(dir.path(), strategy, &rfc2136(dir.path(), &knot, KEY), "", &batch_lines);
     let faults = faults(random);
     let mut fault_args = vec!["faults"];
     fault_args.extend(faults.iter().map(String::as_str));
     sim.ctl(&fault_args).success();
-    // A rollout reports about three events per step and nine steps per node.
-    let events = 3 * 9 * (3 + settings.workstations) as u64;
+    // A rollout reports about two events per step and nine steps per node.
+    let events = 2 * 9 * (3 + settings.workstations) as u64;
     let stop = 1 + random.below(events) as usize;
     let outage_at = 1 + random.below(events) as usize;
     let mut child = start_apply(&sim, &plan);
@@ -151,7 +157,7 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).unwrap_or_default();
     tally.broken_journal_lines = journal.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).count();
     eprintln!(
-        "run {number}: faults {:?}, {} at event {stop}, outage at event {outage_at}, {resumes} resume(s), {} violation(s)",
+        "run {number}: {strategy}, {batches} workstation batch(es), faults {:?}, {} at event {stop}, outage at event {outage_at}, {resumes} resume(s), {} violation(s)",
         faults,
         if killed { "killed" } else { "finished before the kill" },
         tally.violations.len()
