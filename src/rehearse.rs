@@ -60,6 +60,10 @@ pub struct Report {
     pub real_seconds: f64,
     /// The same in simulated (cluster) time: the rollout's expected makespan.
     pub simulated_seconds: f64,
+    /// The longest path through the step graph with each step taking the time it took
+    /// here, in simulated seconds: the shortest makespan any scheduler could reach with
+    /// these step durations.
+    pub critical_path_seconds: f64,
     /// Maintenance windows the makespan needs at least (when the plan has a window).
     pub windows_needed: Option<u64>,
     /// Steps that waited longest, in simulated seconds: where the rollout spends its time.
@@ -303,6 +307,13 @@ async fn run(
         .filter(|(step, _)| !step.starts_with("batch/"))
         .map(|(step, seconds)| SlowStep { step: step.clone(), seconds: seconds / options.time_scale })
         .collect();
+    let measured: BTreeMap<&str, f64> = recorded.durations.iter().map(|(step, s)| (step.as_str(), *s)).collect();
+    let critical_path_seconds = crate::planner::estimate::longest_path(&planned.graph, |i| {
+        Duration::from_secs_f64(measured.get(planned.graph.step(i).id.as_str()).copied().unwrap_or(0.0))
+    })
+    .duration
+    .as_secs_f64()
+        / options.time_scale;
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     slowest.truncate(5);
     let windows_needed = window.map(|w| (simulated_seconds / w.duration.as_secs_f64().max(1.0)).ceil() as u64);
@@ -327,6 +338,7 @@ async fn run(
         nodes: planned.chains.len(),
         real_seconds,
         simulated_seconds,
+        critical_path_seconds,
         windows_needed,
         slowest_steps: slowest,
         blockers: recorded.blockers,

@@ -308,6 +308,16 @@ fn render_report(report: &Report, kept: bool) -> String {
             report.nodes
         ),
     );
+    if report.critical_path_seconds > 0.0 {
+        line(
+            &mut out,
+            format!(
+                "  lower bound   {} (the critical path with these step durations; makespan {:+.1}%)",
+                rehearse::simulated(report.critical_path_seconds),
+                (report.simulated_seconds / report.critical_path_seconds - 1.0) * 100.0
+            ),
+        );
+    }
     if let Some(windows) = report.windows_needed {
         line(&mut out, format!("  windows       at least {windows} maintenance window(s)"));
     }

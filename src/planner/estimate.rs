@@ -38,26 +38,33 @@ pub struct CriticalPath {
     pub steps: Vec<NodeIndex>,
 }
 
-/// Computes the critical path with a longest-path pass in topological order; linear in
-/// steps plus edges.
+/// The critical path by typical durations: what the preview shows.
 pub fn critical_path(plan: &Plan, graph: &StepGraph) -> CriticalPath {
     let ttl = plan.load_balancer.dns.as_ref().and_then(|d| d.ttl);
     let by_name: std::collections::HashMap<&str, &Settings> =
         plan.batches.iter().map(|b| (b.name.as_str(), &b.settings)).collect();
-    let settings_of = |i: NodeIndex| graph.step(i).batch.as_deref().and_then(|b| by_name.get(b).copied());
-    let order = toposort(&graph.graph, None).unwrap_or_default();
-    let n = graph.len();
-    let mut finish = vec![Duration::ZERO; n];
-    let mut via: Vec<Option<NodeIndex>> = vec![None; n];
     let mut cache: std::collections::HashMap<(&str, Action), Duration> = std::collections::HashMap::new();
-    for &i in &order {
+    longest_path(graph, |i| {
         let step = graph.step(i);
-        let own = match settings_of(i) {
+        match step.batch.as_deref().and_then(|b| by_name.get(b).copied()) {
             Some(settings) => *cache
                 .entry((step.batch.as_deref().unwrap_or(""), step.action))
                 .or_insert_with(|| typical(step.action, settings, ttl)),
             None => Duration::ZERO,
-        };
+        }
+    })
+}
+
+/// The longest path through the graph when each step takes `duration_of` it, computed in
+/// topological order; linear in steps plus edges. With measured durations (a rehearsal's)
+/// it is the shortest makespan any scheduler could reach.
+pub fn longest_path(graph: &StepGraph, mut duration_of: impl FnMut(NodeIndex) -> Duration) -> CriticalPath {
+    let order = toposort(&graph.graph, None).unwrap_or_default();
+    let n = graph.len();
+    let mut finish = vec![Duration::ZERO; n];
+    let mut via: Vec<Option<NodeIndex>> = vec![None; n];
+    for &i in &order {
+        let own = duration_of(i);
         let (start, from) = graph
             .predecessors(i)
             .into_iter()

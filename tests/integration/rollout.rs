@@ -259,6 +259,11 @@ fn every_example_plan_rehearses_to_the_end() {
         let reboots = report["reboots"].as_object().expect("reboots");
         assert_eq!(reboots.len() as u64, report["nodes"].as_u64().expect("nodes"), "{}", plan.display());
         assert!(reboots.values().all(|r| r == 1), "{}: {reboots:?}", plan.display());
+        // The critical path through the measured step durations bounds the makespan from
+        // below; the executor's own dispatch and start-up cost is the gap.
+        let bound = report["criticalPathSeconds"].as_f64().expect("criticalPathSeconds");
+        let makespan = report["simulatedSeconds"].as_f64().expect("simulatedSeconds");
+        assert!(bound > 0.0 && bound <= makespan, "{}: bound {bound} s, makespan {makespan} s", plan.display());
         if let Some(dns) = report["dns"].as_object() {
             assert!(dns["fewest"].as_u64() >= Some(1), "{}: the record set was emptied", plan.display());
             assert_eq!(dns["initial"], dns["last"], "{}: the records were not restored", plan.display());
