@@ -88,6 +88,27 @@ fn a_single_record_is_repointed_while_its_node_is_out_and_moved_back() {
 }
 
 #[test]
+fn a_rollout_killed_while_the_record_is_repointed_resumes_and_moves_it_back() {
+    // The chaos suite found this: the resume's pre-flight took the repointed record for
+    // drift and refused to go on, leaving the record on cp2 and cp1 cordoned.
+    let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
+    let plan = plan_with(dir.path(), "single-record", &rfc2136(dir.path(), &knot, KEY), "");
+    let mut child = start_apply(&sim, &plan);
+    let stdout = child.stdout.take().expect("stdout");
+    let repointed =
+        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains("10.0.0.11 → 10.0.0.12"));
+    assert!(repointed, "the repoint was reported");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert_eq!(knot.addresses(), BTreeSet::from(["10.0.0.12".to_owned()]), "killed while repointed");
+    let Watched { code, events: _, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(code, 0, "the resume finishes: {stderr}");
+    sim.assert_upgraded_once(3);
+    assert_eq!(knot.answer(), before);
+}
+
+#[test]
 fn a_record_is_not_repointed_to_a_node_out_of_service() {
     let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
     sim.kubectl_ok(&["cordon", "cp2"]);

@@ -53,6 +53,29 @@ fn status_address(node: &Node, kind: &str) -> Option<IpAddr> {
         .and_then(|a| a.address.parse().ok())
 }
 
+/// The plan's service nodes, in plan order.
+fn service_nodes(planned: &Planned) -> Vec<&str> {
+    planned
+        .batches
+        .iter()
+        .filter(|b| b.role == Role::Service)
+        .flat_map(|b| b.nodes.iter().map(String::as_str))
+        .collect()
+}
+
+async fn addresses_of(
+    client: &kube::Client,
+    patience: &Patience,
+    plan: &Plan,
+    nodes: &[&str],
+) -> Result<Vec<IpAddr>, StepError> {
+    let mut addresses = Vec::new();
+    for node in nodes {
+        addresses.push(address(client, patience, plan, node).await?);
+    }
+    Ok(addresses)
+}
+
 /// What the record holds when no service node is out: every service node's address
 /// (round-robin), or the address of the node the record points at (single-record).
 pub async fn full_record(
@@ -61,26 +84,20 @@ pub async fn full_record(
     plan: &Plan,
     planned: &Planned,
 ) -> Result<Vec<IpAddr>, StepError> {
-    let holders: Vec<&str> = match (plan.load_balancer.dns.as_ref().map(|d| d.strategy), &planned.record_target) {
-        (Some(DnsStrategy::SingleRecord), Some((target, _))) => vec![target.as_str()],
-        _ => planned
-            .batches
-            .iter()
-            .filter(|b| b.role == Role::Service)
-            .flat_map(|b| b.nodes.iter().map(String::as_str))
-            .collect(),
-    };
-    let mut addresses = Vec::new();
-    for node in holders {
-        addresses.push(address(client, patience, plan, node).await?);
+    match (plan.load_balancer.dns.as_ref().map(|d| d.strategy), &planned.record_target) {
+        (Some(DnsStrategy::SingleRecord), Some((target, _))) => {
+            addresses_of(client, patience, plan, &[target.as_str()]).await
+        }
+        _ => addresses_of(client, patience, plan, &service_nodes(planned)).await,
     }
-    Ok(addresses)
 }
 
 /// Before the first step: the record must be what the plan describes. A new rollout wants
-/// exactly the full record; a resumed one accepts any non-empty part of it (some nodes'
-/// records are still out). Anything else is drift: someone else edits the record, or the
-/// plan names the wrong addresses, and changing it now could take users' only address away.
+/// exactly the full record. A resumed one may find a rollout's change still in place: a
+/// round-robin record missing some service nodes' addresses (not all), or a single record
+/// repointed to another service node. Anything else is drift: someone else edits the
+/// record, or the plan names the wrong addresses, and changing it now could take users'
+/// only address away.
 pub async fn preflight(
     client: &kube::Client,
     patience: &Patience,
@@ -90,19 +107,26 @@ pub async fn preflight(
     resumed: bool,
 ) -> Result<(), StepError> {
     let Some(dns) = &plan.load_balancer.dns else { return Ok(()) };
-    let expected = full_record(client, patience, plan, planned).await?;
+    let full = full_record(client, patience, plan, planned).await?;
     let found = with_retries(|| provider.read()).await?.addresses;
-    let mut sorted_expected = expected.clone();
-    sorted_expected.sort();
-    let mut sorted_found = found.clone();
-    sorted_found.sort();
-    let fits = if resumed {
-        !found.is_empty() && found.iter().all(|a| expected.contains(a))
-    } else {
-        sorted_found == sorted_expected
+    let (fits, expected) = match (resumed, dns.strategy) {
+        (false, _) => {
+            let mut sorted_full = full.clone();
+            sorted_full.sort();
+            let mut sorted_found = found.clone();
+            sorted_found.sort();
+            (sorted_found == sorted_full, show(&full))
+        }
+        (true, DnsStrategy::RoundRobin) => {
+            (!found.is_empty() && found.iter().all(|a| full.contains(a)), format!("part of {}", show(&full)))
+        }
+        (true, DnsStrategy::SingleRecord) => {
+            let service = addresses_of(client, patience, plan, &service_nodes(planned)).await?;
+            (found.len() == 1 && service.contains(&found[0]), format!("one of {}", show(&service)))
+        }
     };
     if !fits {
-        return Err(DnsError::Drift { record: dns.name.clone(), expected: show(&expected), found: show(&found) }.into());
+        return Err(DnsError::Drift { record: dns.name.clone(), expected, found: show(&found) }.into());
     }
     with_retries(|| provider.probe(&found)).await?;
     Ok(())
