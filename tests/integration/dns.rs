@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::harness::{Random, SimProcess, noderoll};
 use crate::knot::{
-    KEY, Knot, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, roll_and_watch,
+    KEY, Knot, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, rfc2136_keyed, roll_and_watch,
     servicelb_plan, start_apply, watch,
 };
 
@@ -69,6 +69,20 @@ fn a_round_robin_rollout_keeps_the_record_served_and_each_node_out_of_it_while_c
     let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).expect("journal");
     let output = serde_json::to_string(&events).expect("events");
     assert!(!journal.contains(KEY) && !stderr.contains(KEY) && !output.contains(KEY), "the TSIG secret leaked");
+}
+
+#[test]
+fn an_hmac_sha512_key_signs_the_updates_too() {
+    let sim = SimProcess::start(&[]);
+    let knot = Knot::start_keyed(&initial(), "hmac-sha512");
+    let before = knot.answer();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = plan(dir.path(), &rfc2136_keyed(dir.path(), &knot, KEY, "hmac-sha512"), "");
+    let Watched { code, events, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(changes(&events).len(), 6);
+    assert_eq!(knot.answer(), before);
 }
 
 #[test]

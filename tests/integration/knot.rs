@@ -29,13 +29,18 @@ pub(crate) struct Knot {
 impl Knot {
     /// A zone whose `juno` record holds `addresses`, with TTL 1.
     pub(crate) fn start(addresses: &[&str]) -> Knot {
+        Knot::start_keyed(addresses, "hmac-sha256")
+    }
+
+    /// `start` with the key's algorithm (`hmac-sha256`, `hmac-sha512`).
+    pub(crate) fn start_keyed(addresses: &[&str], algorithm: &str) -> Knot {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let root = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
         std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
         let config = format!(
-            "server:\n    rundir: \"{root}/run\"\n    listen: 127.0.0.1@{port}\nlog:\n  - target: stderr\n    any: info\ndatabase:\n    storage: \"{root}/storage\"\nkey:\n  - id: noderoll\n    algorithm: hmac-sha256\n    secret: {KEY}\nacl:\n  - id: upd\n    address: 127.0.0.1\n    key: noderoll\n    action: update\nzone:\n  - domain: example.test\n    storage: \"{root}/storage\"\n    file: example.test.zone\n    acl: upd\n"
+            "server:\n    rundir: \"{root}/run\"\n    listen: 127.0.0.1@{port}\nlog:\n  - target: stderr\n    any: info\ndatabase:\n    storage: \"{root}/storage\"\nkey:\n  - id: noderoll\n    algorithm: {algorithm}\n    secret: {KEY}\nacl:\n  - id: upd\n    address: 127.0.0.1\n    key: noderoll\n    action: update\nzone:\n  - domain: example.test\n    storage: \"{root}/storage\"\n    file: example.test.zone\n    acl: upd\n"
         );
         std::fs::write(dir.path().join("knot.conf"), config).expect("knot.conf");
         let mut zone = String::from(
@@ -194,9 +199,14 @@ pub(crate) fn servicelb_plan(
 
 /// The rfc2136 provider lines, with the secret in `dir/tsig.secret`.
 pub(crate) fn rfc2136(dir: &Path, knot: &Knot, secret: &str) -> String {
+    rfc2136_keyed(dir, knot, secret, "hmac-sha256")
+}
+
+/// `rfc2136` with the key's algorithm.
+pub(crate) fn rfc2136_keyed(dir: &Path, knot: &Knot, secret: &str, algorithm: &str) -> String {
     std::fs::write(dir.join("tsig.secret"), format!("{secret}\n")).expect("secret file");
     format!(
-        "        rfc2136:\n          server: {}\n          zone: example.test.\n          tsig: {{name: noderoll, algorithm: hmac-sha256, secretFile: tsig.secret}}\n",
+        "        rfc2136:\n          server: {}\n          zone: example.test.\n          tsig: {{name: noderoll, algorithm: {algorithm}, secretFile: tsig.secret}}\n",
         knot.server()
     )
 }
