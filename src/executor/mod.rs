@@ -129,6 +129,9 @@ pub enum ExecError {
     },
 }
 
+/// Nodes per page when listing the cluster's nodes (kubectl's chunk size).
+const NODE_PAGE: u32 = 500;
+
 /// SHA-256 of the plan's bytes, as the journal records it.
 pub fn plan_hash(text: &str) -> String {
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
@@ -137,15 +140,28 @@ pub fn plan_hash(text: &str) -> String {
 /// The cluster's nodes and their labels.
 pub async fn inventory(client: &kube::Client, patience: &Patience) -> Result<Inventory, ExecError> {
     let api: Api<Node> = Api::all(client.clone());
-    let params = kube::api::ListParams::default();
-    let list = retry::call(patience, || api.list(&params))
-        .await
-        .map_err(|source| ExecError::Api { context: "list the cluster's nodes".into(), source })?;
-    let nodes = list
-        .items
-        .into_iter()
-        .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.labels.unwrap_or_default()))
-        .collect();
+    // In pages, as kubectl lists: a facility's whole node list decoded at once is tens of
+    // megabytes of Node objects, of which only names and labels are kept.
+    let mut nodes = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = kube::api::ListParams::default().limit(NODE_PAGE);
+        if let Some(token) = &token {
+            params = params.continue_token(token);
+        }
+        let page = retry::call(patience, || api.list(&params))
+            .await
+            .map_err(|source| ExecError::Api { context: "list the cluster's nodes".into(), source })?;
+        token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+        nodes.extend(
+            page.items
+                .into_iter()
+                .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.labels.unwrap_or_default())),
+        );
+        if token.is_none() {
+            break;
+        }
+    }
     Ok(Inventory { nodes, ..Inventory::default() })
 }
 

@@ -351,3 +351,27 @@ fn apply_fails_over_to_the_next_api_server_when_the_one_in_use_goes_away() {
     let log = std::fs::read_to_string(sim.dir.path().join(".noderoll/failover.log")).expect("log");
     assert!(log.contains("failing over"), "the log says nothing of the failover");
 }
+
+#[test]
+fn apply_finds_every_node_of_a_cluster_listed_in_pages() {
+    // 1,103 nodes take three pages of 500: a selector batch must still get all of them.
+    let sim = SimProcess::start(&["--workstations", "1100", "--sessions-per-node", "0"]);
+    let plan = sim.dir.path().join("paged.yaml");
+    std::fs::write(
+        &plan,
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: paged}\nspec:\n  loadBalancer: {mode: external}\n  defaults:\n    upgrade: {command: [noderoll, sim, ctl, upgrade, \"{node}\"], timeout: 1m}\n  batches:\n    - {name: workstations, role: workstation, selector: juno-innovations.com/workstation=true, maxUnavailable: 10}\n",
+    )
+    .expect("write plan");
+    let mut child =
+        apply_command(&sim, &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let started = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .find(|e| e["event"] == "started");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let started = started.expect("a started event");
+    assert_eq!(started["batches"][0]["nodes"], 1100, "{started}");
+}
