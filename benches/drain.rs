@@ -5,10 +5,15 @@
 //!
 //! `cargo bench --bench drain` (needs kubectl on PATH, as `scripts/test` ensures)
 
+#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
+#[path = "../tests/integration/harness.rs"]
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::SimProcess;
 use serde_json::Value;
 
 const NEW_VERSION: &str = "v1.31.4+k3s1";
@@ -19,96 +24,57 @@ const GRACE_SECONDS: f64 = 1.0;
 /// Runs of each contender per scenario; the median is reported.
 const RUNS: usize = 3;
 
-/// A `noderoll sim serve` child with its audit log; killed on drop.
-struct Sim {
-    dir: tempfile::TempDir,
-    child: Child,
+/// The simulator for one scenario: at time scale 1, pods Ready in 2 s, nodes rebooting in
+/// 1 s, no sessions or services of its own.
+fn start_sim() -> SimProcess {
+    SimProcess::start_at(
+        "1",
+        &[
+            "--control-planes",
+            "3",
+            "--workstations",
+            "2",
+            "--sessions-per-node",
+            "0",
+            "--services",
+            "0",
+            "--pod-start",
+            &format!("{POD_START_SECONDS}s"),
+            "--reboot-time",
+            "1s",
+        ],
+    )
 }
 
-impl Sim {
-    fn start() -> Sim {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let child = Command::new(env!("CARGO_BIN_EXE_noderoll"))
-            .args(["sim", "serve", "--listen", "127.0.0.1:0", "--time-scale", "1", "--seed", "7"])
-            .args(["--control-planes", "3", "--workstations", "2", "--sessions-per-node", "0", "--services", "0"])
-            .args(["--pod-start", &format!("{POD_START_SECONDS}s"), "--reboot-time", "1s"])
-            .arg("--kubeconfig-out")
-            .arg(dir.path().join("kubeconfig"))
-            .arg("--audit-log")
-            .arg(dir.path().join("audit.jsonl"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("noderoll sim serve starts");
-        let sim = Sim { dir, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sim.kubeconfig().exists() {
-            assert!(Instant::now() < deadline, "the simulator wrote no kubeconfig");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sim
-    }
+/// Pods of the bench's app that are Running and Ready on `node`.
+fn ready_on(sim: &SimProcess, node: &str) -> usize {
+    let pods: Value =
+        serde_json::from_str(&sim.kubectl_ok(&["get", "pods", "-l", "app=bench", "-o", "json"])).expect("pods JSON");
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .count()
+}
 
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new("kubectl")
-            .args(args)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.dir.path())
-            .output()
-            .expect("kubectl runs");
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn create(&self, yaml: &str) {
-        let path = self.dir.path().join("object.yaml");
-        std::fs::write(&path, yaml).expect("write manifest");
-        self.kubectl(&["create", "--validate=false", "-f", path.to_str().expect("utf-8")]);
-    }
-
-    /// Pods of the bench's app that are Running and Ready on `node`.
-    fn ready_on(&self, node: &str) -> usize {
-        let pods: Value =
-            serde_json::from_str(&self.kubectl(&["get", "pods", "-l", "app=bench", "-o", "json"])).expect("pods JSON");
-        pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null())
-            .filter(|p| {
-                p["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            })
-            .count()
-    }
-
-    fn wait_ready_on(&self, node: &str, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.ready_on(node) < count {
-            assert!(Instant::now() < deadline, "{count} bench pods did not become Ready on {node}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Audit lines so far.
-    fn audit(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+fn wait_ready_on(sim: &SimProcess, node: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready_on(sim, node) < count {
+        assert!(Instant::now() < deadline, "{count} bench pods did not become Ready on {node}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The simulator's audit log so far.
+fn audit(sim: &SimProcess) -> Vec<Value> {
+    let text = std::fs::read_to_string(sim.dir.path().join("audit.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// One drain: wall seconds and API requests.
@@ -118,14 +84,14 @@ struct Measured {
     requests: usize,
 }
 
-fn kubectl_drain(sim: &Sim, node: &str) -> Measured {
+fn kubectl_drain(sim: &SimProcess, node: &str) -> Measured {
     std::thread::sleep(Duration::from_millis(300));
-    let before = sim.audit().len();
+    let before = audit(sim).len();
     let started = Instant::now();
-    sim.kubectl(&["drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m"]);
+    sim.kubectl_ok(&["drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=5m"]);
     let seconds = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
-    let requests = sim.audit()[before..]
+    let requests = audit(sim)[before..]
         .iter()
         .filter(|e| e["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl")))
         .count();
@@ -149,7 +115,7 @@ fn timestamp(text: &str) -> jiff::Timestamp {
 
 /// noderoll's drain step, inside a whole `apply` of a one-node plan: its time from the
 /// journal, its requests from the audit log between the step's start and end.
-fn noderoll_drain(sim: &Sim, node: &str, run: usize) -> Measured {
+fn noderoll_drain(sim: &SimProcess, node: &str, run: usize) -> Measured {
     let plan = plan(sim.dir.path(), node);
     let journal = sim.dir.path().join(format!("bench-{run}.journal"));
     let out = Command::new(env!("CARGO_BIN_EXE_noderoll"))
@@ -181,8 +147,7 @@ fn noderoll_drain(sim: &Sim, node: &str, run: usize) -> Measured {
             .unwrap_or_else(|| panic!("no {kind} record for {step}"))
     };
     let (from, to) = (at("step-started"), at("step-finished"));
-    let requests = sim
-        .audit()
+    let requests = audit(sim)
         .iter()
         .filter(|e| !e["userAgent"].as_str().is_some_and(|a| a.starts_with("kubectl")))
         .filter_map(|e| e["time"].as_str().map(timestamp))
@@ -205,7 +170,7 @@ struct Row {
 
 /// Alternates kubectl and noderoll on the same node, `reset` putting the pods back before
 /// each run.
-fn compare(scenario: &'static str, sim: &Sim, node: &str, reset: &dyn Fn(), lower_bound: Option<f64>) -> Row {
+fn compare(scenario: &'static str, sim: &SimProcess, node: &str, reset: &dyn Fn(), lower_bound: Option<f64>) -> Row {
     let mut row = Row { scenario, kubectl: Vec::new(), noderoll: Vec::new(), lower_bound };
     for run in 0..RUNS {
         reset();
@@ -232,12 +197,12 @@ fn deployment(replicas: usize, node_selector: &str) -> String {
 
 /// 100 pods pinned to ws01: every eviction is allowed at once.
 fn hundred_pods() -> Row {
-    let sim = Sim::start();
+    let sim = start_sim();
     sim.create(&deployment(100, "      nodeSelector: {kubernetes.io/hostname: ws01}\n"));
-    sim.wait_ready_on("ws01", 100);
+    wait_ready_on(&sim, "ws01", 100);
     let reset = || {
-        sim.kubectl(&["uncordon", "ws01"]);
-        sim.wait_ready_on("ws01", 100);
+        sim.kubectl_ok(&["uncordon", "ws01"]);
+        wait_ready_on(&sim, "ws01", 100);
     };
     compare("100 pods, no budget", &sim, "ws01", &reset, None)
 }
@@ -245,22 +210,30 @@ fn hundred_pods() -> Row {
 /// 3 pods on ws01 under a budget of minAvailable 2, their replacements going to ws02: the
 /// budget lets one go at a time, each after the previous replacement is Ready.
 fn budgeted() -> Row {
-    let sim = Sim::start();
+    let sim = start_sim();
     for node in ["cp1", "cp2", "cp3", "ws02"] {
-        sim.kubectl(&["cordon", node]);
+        sim.kubectl_ok(&["cordon", node]);
     }
     sim.create(&deployment(3, ""));
     sim.create(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: bench, namespace: default}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: bench}}\n",
     );
-    sim.wait_ready_on("ws01", 3);
+    wait_ready_on(&sim, "ws01", 3);
     let reset = || {
         // Back to three pods on ws01: only ws01 schedulable, the pods elsewhere deleted.
-        sim.kubectl(&["uncordon", "ws01"]);
-        sim.kubectl(&["cordon", "ws02"]);
-        sim.kubectl(&["delete", "pods", "-l", "app=bench", "--field-selector", "spec.nodeName=ws02", "--wait=false"]);
-        sim.wait_ready_on("ws01", 3);
-        sim.kubectl(&["uncordon", "ws02"]);
+        sim.kubectl_ok(&["uncordon", "ws01"]);
+        sim.kubectl_ok(&["cordon", "ws02"]);
+        sim.kubectl_ok(&[
+            "delete",
+            "pods",
+            "-l",
+            "app=bench",
+            "--field-selector",
+            "spec.nodeName=ws02",
+            "--wait=false",
+        ]);
+        wait_ready_on(&sim, "ws01", 3);
+        sim.kubectl_ok(&["uncordon", "ws02"]);
     };
     // Two replacements must become Ready one after the other before the last pod may go,
     // and the last pod then terminates: the simulator cannot do it faster.

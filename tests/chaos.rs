@@ -20,13 +20,12 @@ mod harness;
 #[path = "integration/knot.rs"]
 mod knot;
 
-use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use harness::{Random, SimProcess};
+use harness::{Random, SimProcess, kill_when};
 use knot::{KEY, Knot, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
 
 /// How a suite runs.
@@ -108,27 +107,19 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let stop = 1 + random.below(events) as usize;
     let outage_at = 1 + random.below(events) as usize;
     let mut child = start_apply(&sim, &plan);
-    let stdout = child.stdout.take().expect("stdout");
-    let pid = child.id().to_string();
     let kubeconfig = sim.kubeconfig();
     let outage_args: Vec<String> = faults.iter().cloned().chain(["--outage".to_owned(), "2s".to_owned()]).collect();
-    let killer = std::thread::spawn(move || {
-        for (seen, _) in BufReader::new(stdout).lines().map_while(Result::ok).enumerate() {
-            if seen + 1 == outage_at {
-                let _ = Command::new(assert_cmd::cargo::cargo_bin("noderoll"))
-                    .args(["sim", "ctl", "--kubeconfig"])
-                    .arg(&kubeconfig)
-                    .arg("faults")
-                    .args(&outage_args)
-                    .stdout(std::process::Stdio::null())
-                    .status();
-            }
-            if seen + 1 == stop {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                return true;
-            }
+    let killer = kill_when(&mut child, move |line, _| {
+        if line == outage_at {
+            let _ = Command::new(assert_cmd::cargo::cargo_bin("noderoll"))
+                .args(["sim", "ctl", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .arg("faults")
+                .args(&outage_args)
+                .stdout(std::process::Stdio::null())
+                .status();
         }
-        false
+        line == stop
     });
     let first = watch(&sim, &knot, child);
     let killed = killer.join().expect("killer thread");

@@ -5,12 +5,11 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Random, SimProcess, noderoll};
+use crate::harness::{Random, SimProcess, kill_when, noderoll};
 use crate::knot::{
     KEY, Knot, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, rfc2136_keyed, roll_and_watch,
     servicelb_plan, start_apply, watch,
@@ -108,11 +107,8 @@ fn a_rollout_killed_while_the_record_is_repointed_resumes_and_moves_it_back() {
     let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
     let plan = plan_with(dir.path(), "single-record", &rfc2136(dir.path(), &knot, KEY), "");
     let mut child = start_apply(&sim, &plan);
-    let stdout = child.stdout.take().expect("stdout");
-    let repointed =
-        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains("10.0.0.11 → 10.0.0.12"));
+    let repointed = kill_when(&mut child, |_, line| line.contains("10.0.0.11 → 10.0.0.12")).join().expect("reader");
     assert!(repointed, "the repoint was reported");
-    child.kill().expect("SIGKILL");
     let _ = child.wait();
     assert_eq!(knot.addresses(), BTreeSet::from(["10.0.0.12".to_owned()]), "killed while repointed");
     let Watched { code, events: _, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
@@ -149,23 +145,15 @@ fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
     for kill in 0..3 {
         let mut child = start_apply(&sim, &plan);
         let stop = 1 + random.below(30) as usize;
-        let stdout = child.stdout.take().expect("stdout");
-        let pid = child.id().to_string();
-        let killer = std::thread::spawn(move || {
-            let killed_at = BufReader::new(stdout).lines().map_while(Result::ok).nth(stop - 1);
-            if killed_at.is_some() {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-            killed_at
-        });
+        let killer = kill_when(&mut child, move |line, _| line == stop);
         let Watched { code, events: _, stderr, seen_out: _, violations } = watch(&sim, &knot, child);
         assert!(violations.is_empty(), "{violations:?}");
-        let killed_at = killer.join().expect("killer thread");
+        let killed = killer.join().expect("killer thread");
         assert!(
-            killed_at.is_some() || (code == 0 && kill > 0),
+            killed || (code == 0 && kill > 0),
             "seed {seed}: run {kill} ended before event {stop} (exit {code}): {stderr}"
         );
-        assert!(code == -1 || code == 0, "seed {seed}, kill {kill} at event {stop} ({killed_at:?}): {stderr}");
+        assert!(code == -1 || code == 0, "seed {seed}, kill {kill} at event {stop} (killed: {killed}): {stderr}");
     }
     let Watched { code, events: _, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");

@@ -40,6 +40,27 @@ impl Random {
     }
 }
 
+/// Reads `child`'s stdout (JSON lines) on a thread of its own, handing each line and its
+/// 1-based number to `on_line`; when that returns true, SIGKILLs the child and stops. The
+/// thread returns whether it killed (false: the output ended first).
+pub(crate) fn kill_when(
+    child: &mut std::process::Child,
+    mut on_line: impl FnMut(usize, &str) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<bool> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let pid = child.id().to_string();
+    std::thread::spawn(move || {
+        for (index, line) in std::io::BufReader::new(stdout).lines().map_while(Result::ok).enumerate() {
+            if on_line(index + 1, &line) {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+                return true;
+            }
+        }
+        false
+    })
+}
+
 /// A loopback port nothing listens on (yet).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
@@ -93,10 +114,15 @@ impl SimProcess {
     /// Starts a simulator at time scale 0.01 with the given extra arguments and waits for
     /// its kubeconfig.
     pub(crate) fn start(extra: &[&str]) -> SimProcess {
+        SimProcess::start_at("0.01", extra)
+    }
+
+    /// `start` at another time scale (1: kubectl's real-time waits meet the cluster's).
+    pub(crate) fn start_at(time_scale: &str, extra: &[&str]) -> SimProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let binary = assert_cmd::cargo::cargo_bin("noderoll");
         let child = std::process::Command::new(binary)
-            .args(["sim", "serve", "--listen", "127.0.0.1:0", "--time-scale", "0.01", "--seed", "7"])
+            .args(["sim", "serve", "--listen", "127.0.0.1:0", "--time-scale", time_scale, "--seed", "7"])
             .arg("--kubeconfig-out")
             .arg(dir.path().join("kubeconfig"))
             .arg("--audit-log")
@@ -136,6 +162,14 @@ impl SimProcess {
         let out = self.kubectl(args);
         assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates the objects of a YAML manifest with real kubectl (the simulator serves no
+    /// OpenAPI document, hence `--validate=false`).
+    pub(crate) fn create(&self, yaml: &str) {
+        let path = self.dir.path().join("manifest.yaml");
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.kubectl_ok(&["create", "--validate=false", "-f", path.to_str().expect("utf-8")]);
     }
 
     /// `noderoll sim ctl ...` against this simulator.

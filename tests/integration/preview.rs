@@ -89,13 +89,9 @@ mod with_a_cluster {
     /// budget that allows no disruption.
     fn snapshot(sim: &SimProcess) -> std::path::PathBuf {
         sim.kubectl_ok(&["label", "node", "ws01", "ws02", "rack=r1"]);
-        let pdb = sim.dir.path().join("pdb.yaml");
-        std::fs::write(
-            &pdb,
+        sim.create(
             "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: strict, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
-        )
-        .expect("write");
-        sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+        );
         sim.eventually("the PDB has a status", || {
             sim.kubectl_ok(&["get", "pdb", "-n", "kube-system", "strict", "-o", "jsonpath={.status.expectedPods}"])
                 == "1"

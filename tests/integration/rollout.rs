@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{Random, SimProcess, apply_via, noderoll, yaml_files};
+use crate::harness::{Random, SimProcess, apply_via, kill_when, noderoll, yaml_files};
 
 /// A plan for the generated studio (cp1..3, ws01..06) with an external LB and the
 /// simulator's upgrade as hook (reaching it through KUBECONFIG, which apply sets from
@@ -66,18 +66,16 @@ fn apply_runs_a_plan_to_the_end_and_status_says_so() {
 
 /// Reads `apply -o json` events until `stop` events of kind `kind` have been seen, then
 /// kills the process with SIGKILL.
-fn kill_after(mut child: Child, kind: &str, stop: usize) {
-    let stdout = child.stdout.take().expect("piped stdout");
+fn kill_after(mut child: Child, kind: &'static str, stop: usize) {
     let mut seen = 0;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        let event: Value = serde_json::from_str(&line).unwrap_or_default();
+    let reader = kill_when(&mut child, move |_, line| {
+        let event: Value = serde_json::from_str(line).unwrap_or_default();
         if event["event"] == kind {
             seen += 1;
-            if seen == stop {
-                break;
-            }
         }
-    }
+        seen == stop
+    });
+    let _ = reader.join();
     child.kill().expect("SIGKILL");
     let _ = child.wait();
 }
@@ -113,14 +111,8 @@ fn a_rollout_killed_at_any_point_resumes_and_upgrades_each_node_exactly_once() {
 fn a_second_apply_is_refused_while_the_lock_is_held() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
     let plan = plan(sim.dir.path(), "locked", "");
-    let lease = sim.dir.path().join("lease.yaml");
     let renew = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.000000Z").to_string();
-    std::fs::write(
-        &lease,
-        format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: noderoll-locked, namespace: kube-system}}\nspec: {{holderIdentity: alice@laptop/4242, leaseDurationSeconds: 3600, renewTime: \"{renew}\"}}\n"),
-    )
-    .expect("write lease");
-    sim.kubectl_ok(&["create", "--validate=false", "-f", lease.to_str().expect("utf-8")]);
+    sim.create(&format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: noderoll-locked, namespace: kube-system}}\nspec: {{holderIdentity: alice@laptop/4242, leaseDurationSeconds: 3600, renewTime: \"{renew}\"}}\n"));
     let (code, _, stderr) = apply(&sim, &plan, &[]);
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains("alice@laptop/4242") && stderr.contains("--break-lock"), "{stderr}");
@@ -138,13 +130,9 @@ fn a_second_apply_is_refused_while_the_lock_is_held() {
 #[test]
 fn a_budget_that_never_allows_eviction_halts_with_the_pdb_named_and_the_node_cordoned() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
-    let pdb = sim.dir.path().join("pdb.yaml");
-    std::fs::write(
-        &pdb,
+    sim.create(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: coredns-strict, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
-    )
-    .expect("write pdb");
-    sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+    );
     let plan =
         plan(sim.dir.path(), "blocked", "    drain: {timeout: 3s, ignoreDaemonSets: true, deleteEmptyDirData: true}\n");
     let (code, events, stderr) = apply(&sim, &plan, &[]);
@@ -201,13 +189,9 @@ fn api_faults_and_a_short_outage_do_not_stop_a_rollout() {
 fn a_changed_plan_is_refused_with_a_diff_unless_forced() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
     let plan = plan(sim.dir.path(), "changing", "    drain: {timeout: 3s}\n");
-    let pdb = sim.dir.path().join("pdb.yaml");
-    std::fs::write(
-        &pdb,
+    sim.create(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: hold, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
-    )
-    .expect("write pdb");
-    sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+    );
     let (code, _, _) = apply(&sim, &plan, &[]);
     assert_eq!(code, 4);
     let text = std::fs::read_to_string(&plan).expect("plan").replace("timeout: 3s", "timeout: 20s");

@@ -65,15 +65,11 @@ fn a_drain_blocked_by_a_pdb_retries_then_times_out() {
         sim.kubectl_ok(&["get", "pods", "-n", "juno", "--no-headers"]).lines().filter(|l| l.contains("1/1")).count()
             == 2
     });
-    let pdb = sim.dir.path().join("strict-pdb.yaml");
-    std::fs::write(
-        &pdb,
+    sim.kubectl_ok(&["delete", "pdb", "-n", "juno", "juno-service-1"]);
+    sim.create(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: juno-service-1, namespace: juno}\n\
          spec: {minAvailable: 2, selector: {matchLabels: {app: juno-service-1}}}\n",
-    )
-    .expect("write pdb");
-    sim.kubectl_ok(&["delete", "pdb", "-n", "juno", "juno-service-1"]);
-    sim.kubectl_ok(&["create", "--validate=false", "-f", pdb.to_str().expect("utf-8")]);
+    );
     sim.eventually("the budget allows no disruption", || {
         sim.kubectl_ok(&["get", "pdb", "-n", "juno", "juno-service-1", "-o", "jsonpath={.status.disruptionsAllowed}"])
             == "0"
