@@ -56,19 +56,22 @@ impl Connection {
         Ok(Connection { client, server: server.to_owned(), signed_by })
     }
 
+    /// The server refused this connection's TSIG key.
+    pub(super) fn bad_key(&self, reason: &str) -> DnsError {
+        DnsError::BadKey {
+            server: self.server.clone(),
+            key: self.signed_by.clone().unwrap_or_default(),
+            reason: reason.to_owned(),
+        }
+    }
+
     /// Turns a transport or TSIG failure into what an operator can act on.
     pub(super) fn error(&self, what: &str, error: &ProtoError) -> DnsError {
         let text = error.to_string();
-        if let Some(key) = &self.signed_by
-            && (text.to_ascii_lowercase().contains("tsig") || text.contains("NotAuth"))
-        {
+        if self.signed_by.is_some() && (text.to_ascii_lowercase().contains("tsig") || text.contains("NotAuth")) {
             // A server answers a bad signature unsigned (RFC 8945 §5.3.2), which the
             // client reports as a verification failure in its own words.
-            return DnsError::BadKey {
-                server: self.server.clone(),
-                key: key.clone(),
-                reason: "its answer is not signed with that key: TSIG BADKEY or BADSIG".into(),
-            };
+            return self.bad_key("its answer is not signed with that key: TSIG BADKEY or BADSIG");
         }
         match error.kind() {
             ProtoErrorKind::Io(_) | ProtoErrorKind::Timeout | ProtoErrorKind::Busy => {
@@ -106,13 +109,7 @@ impl Connection {
                 .map_err(|e| self.error(&what, &e))?;
             match response.response_code() {
                 ResponseCode::NoError | ResponseCode::NXDomain => {}
-                ResponseCode::NotAuth if self.signed_by.is_some() => {
-                    return Err(DnsError::BadKey {
-                        server: self.server.clone(),
-                        key: self.signed_by.clone().unwrap_or_default(),
-                        reason: "NOTAUTH".into(),
-                    });
-                }
+                ResponseCode::NotAuth if self.signed_by.is_some() => return Err(self.bad_key("NOTAUTH")),
                 code => {
                     return Err(DnsError::Refused {
                         server: self.server.clone(),

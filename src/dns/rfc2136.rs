@@ -117,11 +117,7 @@ impl Rfc2136Dns {
                 let found = self.read().await.map(|set| show(&set.addresses)).unwrap_or_else(|e| e.to_string());
                 Err(DnsError::Changed { record: self.record_text.clone(), expected: show(change.before), found })
             }
-            ResponseCode::NotAuth => Err(DnsError::BadKey {
-                server: self.server.clone(),
-                key: self.key_name.clone(),
-                reason: "NOTAUTH".into(),
-            }),
+            ResponseCode::NotAuth => Err(connection.bad_key("NOTAUTH")),
             ResponseCode::Refused => Err(refused(
                 "; the server's ACL must allow updates of this zone with this key (knot: `acl: action: update`)",
             )),

@@ -16,6 +16,7 @@ use crate::executor::event::Event;
 use crate::executor::retry::Patience;
 use crate::plan::Plan;
 use crate::plan::model::{AddressType, DnsStrategy, Role};
+use crate::plan::resolved::DnsPlan;
 use crate::planner::{Action, Planned, Step};
 
 /// How often resolvers are asked while a change propagates.
@@ -27,19 +28,29 @@ const TRIES: u32 = 3;
 
 /// A node's address for the record: the plan's map, else the Node's status address.
 async fn address(client: &kube::Client, patience: &Patience, plan: &Plan, node: &str) -> Result<IpAddr, StepError> {
-    let Some(dns) = &plan.load_balancer.dns else {
-        return Err(StepError::Verify("the plan has no DNS record".into()));
-    };
+    let dns = record_plan(plan)?;
     if let Some(address) = dns.addresses.get(node) {
+        return Ok(*address);
+    }
+    let found = super::read_node(client, patience, node).await?;
+    address_from(dns, node, &found)
+}
+
+/// `address` of a Node already read.
+fn address_from(dns: &DnsPlan, name: &str, node: &Node) -> Result<IpAddr, StepError> {
+    if let Some(address) = dns.addresses.get(name) {
         return Ok(*address);
     }
     let kind = match dns.address_type {
         AddressType::InternalIP => "InternalIP",
         AddressType::ExternalIP => "ExternalIP",
     };
-    let found = super::read_node(client, patience, node).await?;
-    status_address(&found, kind)
-        .ok_or_else(|| DnsError::NoAddress { node: node.to_owned(), kind: kind.to_owned() }.into())
+    status_address(node, kind)
+        .ok_or_else(|| DnsError::NoAddress { node: name.to_owned(), kind: kind.to_owned() }.into())
+}
+
+fn record_plan(plan: &Plan) -> Result<&DnsPlan, StepError> {
+    plan.load_balancer.dns.as_ref().ok_or_else(|| StepError::Verify("the plan has no DNS record".into()))
 }
 
 /// The Node's status address of a type (`InternalIP`, `ExternalIP`).
@@ -180,7 +191,7 @@ pub(super) async fn act(ctx: &Context, step: &Step) -> Result<Value, StepError> 
                     "the record cannot be moved to {target}: it is not Ready or it is cordoned; bring it back into service, then run apply again"
                 )));
             }
-            let target = address(&ctx.client, &ctx.patience, &ctx.plan, target).await?;
+            let target = address_from(dns, target, &found)?;
             (ChangeKind::Repoint, target, vec![target])
         }
         (Action::DnsRestore, DnsStrategy::RoundRobin) => {
