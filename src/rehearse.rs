@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::dns::{DnsProvider, SimulatedDns};
 use crate::error::{Error, Result};
+use crate::executor::clock::Clock;
 use crate::executor::event::{Event, Observer};
 use crate::executor::journal::{self, Record};
 use crate::executor::retry::Patience;
@@ -44,6 +45,9 @@ pub struct RehearseOptions {
     pub workdir: PathBuf,
     /// The noderoll binary the simulated upgrade hook runs (`noderoll sim ctl upgrade`).
     pub program: PathBuf,
+    /// Start the plan's clock at this instant and honour its maintenance windows, waiting
+    /// (in simulated time) for each to open; `None` ignores windows and estimates them.
+    pub from: Option<jiff::Timestamp>,
 }
 
 /// What a rehearsal found.
@@ -64,8 +68,14 @@ pub struct Report {
     /// here, in simulated seconds: the shortest makespan any scheduler could reach with
     /// these step durations.
     pub critical_path_seconds: f64,
-    /// Maintenance windows the makespan needs at least (when the plan has a window).
+    /// Maintenance windows the rollout needs (when the plan has a window): counted from
+    /// the run when it started `from` an instant, otherwise at least the makespan divided
+    /// by the window's length.
     pub windows_needed: Option<u64>,
+    /// Whether `windows_needed` was counted (true) or estimated (false).
+    pub windows_counted: bool,
+    /// The plan clock's instant at the end, when the rehearsal ran `from` an instant.
+    pub ends_at: Option<String>,
     /// Steps that waited longest, in simulated seconds: where the rollout spends its time.
     pub slowest_steps: Vec<SlowStep>,
     /// What held the rollout up: disruption budgets, sessions, failures.
@@ -118,6 +128,8 @@ struct Recorded {
     durations: Vec<(String, f64)>,
     blockers: Vec<String>,
     approvals: usize,
+    node_started: bool,
+    window_waits_after_start: u64,
 }
 
 impl Observer for Recorder {
@@ -125,9 +137,11 @@ impl Observer for Recorder {
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match event {
-                Event::StepStarted { step, .. } => {
+                Event::StepStarted { step, node, .. } => {
                     state.started.insert(step.clone(), tokio::time::Instant::now());
+                    state.node_started |= node.is_some();
                 }
+                Event::WaitingForWindow { .. } if state.node_started => state.window_waits_after_start += 1,
                 Event::StepFinished { step, seconds, .. } => state.durations.push((step.clone(), *seconds)),
                 Event::StepProgress { step, message, .. }
                     if message.contains("held by a disruption budget") && !message.contains(" 0 held") =>
@@ -271,15 +285,16 @@ async fn run(
         None => None,
     };
     let journal_path = options.workdir.join(format!("{}.journal", plan.name));
+    let clock = Clock::scaled(options.from, options.time_scale);
     let recorder = Arc::new(Recorder { inner: observer, journal: journal_path.clone(), state: Mutex::default() });
     let run_options = Options {
         journal: journal_path.clone(),
         force: false,
         break_lock: false,
         lock_namespace: "kube-system".into(),
-        time_scale: options.time_scale,
+        clock,
         patience,
-        windows: WindowMode::Ignore,
+        windows: if options.from.is_some() { WindowMode::Wait } else { WindowMode::Ignore },
         hooks: HookSettings {
             log_dir: options.workdir.join("logs"),
             env: vec![("KUBECONFIG".into(), kubeconfig.clone().into_os_string())],
@@ -316,7 +331,12 @@ async fn run(
         / options.time_scale;
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     slowest.truncate(5);
-    let windows_needed = window.map(|w| (simulated_seconds / w.duration.as_secs_f64().max(1.0)).ceil() as u64);
+    let windows_counted = options.from.is_some();
+    let windows_needed = window.map(|w| match windows_counted {
+        true => recorded.window_waits_after_start + u64::from(recorded.node_started),
+        false => (simulated_seconds / w.duration.as_secs_f64().max(1.0)).ceil() as u64,
+    });
+    let ends_at = options.from.map(|_| clock.now().to_string());
     let dns = dns.map(|d| {
         let history = d.history();
         DnsSummary {
@@ -333,6 +353,7 @@ async fn run(
             Outcome::Finished => "finished",
             Outcome::Halted { .. } => "halted",
             Outcome::Interrupted => "interrupted",
+            Outcome::Paused { .. } => "paused",
         }
         .into(),
         nodes: planned.chains.len(),
@@ -340,6 +361,8 @@ async fn run(
         simulated_seconds,
         critical_path_seconds,
         windows_needed,
+        windows_counted,
+        ends_at,
         slowest_steps: slowest,
         blockers: recorded.blockers,
         reboots,

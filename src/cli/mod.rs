@@ -54,6 +54,13 @@ pub enum Command {
         /// Read etcd's health live from `quorum.etcd.endpoints` and show it (text output).
         #[arg(long)]
         etcd: bool,
+        /// List the maintenance windows from this instant (RFC 3339) instead of now.
+        #[arg(long, value_name = "INSTANT")]
+        from: Option<jiff::Timestamp>,
+        /// Count windows from a rehearsal's figures (`noderoll rehearse -o json` output)
+        /// instead of the estimate from typical step durations.
+        #[arg(long, value_name = "FILE")]
+        rehearsal: Option<PathBuf>,
     },
     /// Write a starting plan for a cluster: service nodes one at a time, then workstations
     /// in batches. Prints the YAML on stdout.
@@ -205,7 +212,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     let color = use_color(cli.color);
     match cli.command {
         Command::Check { plans, output } => check(&plans, output, color),
-        Command::Preview { plan, output, cluster, etcd } => preview(&plan, output, &cluster, etcd, color),
+        Command::Preview { plan, output, cluster, etcd, from, rehearsal } => {
+            let windows = Windows { from: from.unwrap_or_else(jiff::Timestamp::now), rehearsal };
+            preview(&plan, output, &cluster, etcd, &windows, color)
+        }
         Command::Init { cluster, batch_size, name } => {
             let inventory = cluster.read()?;
             print!("{}", crate::plan::starter::starter(&name, &inventory, batch_size));
@@ -280,11 +290,56 @@ fn check(paths: &[PathBuf], output: OutputFormat, color: bool) -> Result<i32> {
     Ok(if invalid > 0 { exit_code::INVALID_PLAN } else { exit_code::SUCCESS })
 }
 
+/// What `preview` needs to show a plan's maintenance windows.
+struct Windows {
+    from: jiff::Timestamp,
+    rehearsal: Option<PathBuf>,
+}
+
+impl Windows {
+    /// The schedule, for a plan with a window.
+    fn schedule(&self, plan: &plan::Plan, planned: &planner::Planned) -> Result<Option<planner::schedule::Schedule>> {
+        let Some(window) = &plan.window else { return Ok(None) };
+        let makespan = match &self.rehearsal {
+            None => {
+                planner::schedule::Makespan::Estimate(planner::estimate::critical_path(plan, &planned.graph).duration)
+            }
+            Some(path) => rehearsal_makespan(path)?,
+        };
+        Ok(Some(planner::schedule::schedule(window, self.from, makespan)))
+    }
+}
+
+/// The makespan and counted windows in a `rehearse -o json` output (its `report` line).
+fn rehearsal_makespan(path: &std::path::Path) -> Result<planner::schedule::Makespan> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        action: "read",
+        path: path.display().to_string(),
+        source,
+    })?;
+    let report = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "report")
+        .map(|v| v["report"].clone())
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{} has no rehearsal report; write one with `noderoll rehearse PLAN -o json > FILE`",
+                path.display()
+            ))
+        })?;
+    let makespan = std::time::Duration::from_secs_f64(report["simulatedSeconds"].as_f64().unwrap_or(0.0).max(0.0));
+    let counted =
+        report["windowsCounted"].as_bool().unwrap_or(false).then(|| report["windowsNeeded"].as_u64()).flatten();
+    Ok(planner::schedule::Makespan::Rehearsal { makespan, counted })
+}
+
 fn preview(
     path: &std::path::Path,
     output: PreviewFormat,
     cluster: &ClusterSource,
     read_etcd: bool,
+    windows: &Windows,
     color: bool,
 ) -> Result<i32> {
     let checked = plan::check_file(path);
@@ -297,9 +352,13 @@ fn preview(
         .map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
     let survey = inventory.as_ref().map(|i| planner::survey::survey(&plan, &planned, i));
     let etcd = if read_etcd { live_etcd(&plan, &planned) } else { None };
+    let schedule = windows.schedule(&plan, &planned)?;
     let text = match output {
         PreviewFormat::Text => {
             let mut text = planner::render::text(&plan, &planned);
+            if let (Some(schedule), Some(window)) = (&schedule, &plan.window) {
+                text.push_str(&planner::schedule::text(schedule, window));
+            }
             if let Some(survey) = &survey {
                 text.push_str(&planner::survey::text(survey));
             }
@@ -308,14 +367,17 @@ fn preview(
             }
             text
         }
-        PreviewFormat::Json => match &survey {
-            None => planner::render::json(&plan, &planned)? + "\n",
-            Some(survey) => {
-                let mut value: serde_json::Value = serde_json::from_str(&planner::render::json(&plan, &planned)?)?;
+        PreviewFormat::Json if survey.is_none() && schedule.is_none() => planner::render::json(&plan, &planned)? + "\n",
+        PreviewFormat::Json => {
+            let mut value: serde_json::Value = serde_json::from_str(&planner::render::json(&plan, &planned)?)?;
+            if let Some(survey) = &survey {
                 value["survey"] = serde_json::to_value(survey)?;
-                serde_json::to_string_pretty(&value)? + "\n"
             }
-        },
+            if let Some(schedule) = &schedule {
+                value["windows"] = serde_json::to_value(schedule)?;
+            }
+            serde_json::to_string_pretty(&value)? + "\n"
+        }
         PreviewFormat::Dot => planner::render::dot(&plan, &planned),
         PreviewFormat::Mermaid => planner::render::mermaid(&planned),
     };

@@ -63,6 +63,16 @@ fn describe(event: &Event) -> Option<String> {
             running.join(", ")
         ),
         Event::Finished { seconds, nodes } => format!("finished: {nodes} node(s) in {}", elapsed(*seconds)),
+        Event::WaitingForWindow { opens, nodes_left, cordoned } => format!(
+            "outside the maintenance window: {nodes_left} node(s) left, waiting until {opens}{}",
+            left_cordoned(cordoned)
+        ),
+        Event::Paused { opens, cordoned, next } => {
+            format!(
+                "paused at the end of the maintenance window; the next opens {opens}{}\n  next: {next}",
+                left_cordoned(cordoned)
+            )
+        }
         Event::StepProgress { .. } | Event::StepFinished { .. } => return None,
     })
 }
@@ -83,6 +93,10 @@ fn halted(failed: &[crate::executor::event::Failure], cordoned: &[String], next:
     }
     text.push_str(&format!("  next: {next}"));
     text
+}
+
+fn left_cordoned(cordoned: &[String]) -> String {
+    if cordoned.is_empty() { String::new() } else { format!(" (left cordoned: {})", cordoned.join(", ")) }
 }
 
 fn elapsed(seconds: f64) -> String {
@@ -188,7 +202,7 @@ impl Observer for Bars {
                     bar.abandon_with_message(format!("{action} FAILED: {error}"));
                 }
             }
-            Event::Halted { .. } | Event::Interrupted { .. } | Event::Finished { .. } => {
+            Event::Halted { .. } | Event::Interrupted { .. } | Event::Finished { .. } | Event::Paused { .. } => {
                 for (bar, _) in state.nodes.values() {
                     bar.abandon();
                 }

@@ -11,6 +11,7 @@ use clap::Args;
 use super::progress::{Bars, JsonLines, PlainLines};
 use super::{OutputFormat, interrupted, runtime};
 use crate::error::{Error, Result};
+use crate::executor::clock::Clock;
 use crate::executor::event::Observer;
 use crate::executor::journal::{self, Record};
 use crate::executor::retry::Patience;
@@ -52,6 +53,20 @@ pub struct ApplyArgs {
     /// Where tracing logs go; `.noderoll/<plan>.log` beside the plan by default.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Stop (exit 0, `paused`) when the maintenance window closes and the nodes in progress
+    /// are done, instead of waiting for the next window (started outside one, it first
+    /// waits for the next): for a scheduled run (the CronJob of `noderoll manifests`) that
+    /// the next window's run resumes.
+    #[arg(long)]
+    pub until_window_end: bool,
+    /// Real seconds per plan second, for a run against `noderoll sim serve --time-scale`:
+    /// the plan's timeouts and windows then pass at the simulator's speed.
+    #[arg(long, value_name = "SCALE", default_value_t = 1.0, hide_short_help = true)]
+    pub time_scale: f64,
+    /// Start the plan's clock at this instant (RFC 3339) instead of now; with
+    /// `--time-scale`, to try a window schedule against the simulator.
+    #[arg(long, value_name = "INSTANT", requires = "time_scale", hide_short_help = true)]
+    pub clock_start: Option<jiff::Timestamp>,
 }
 
 /// `noderoll rehearse`.
@@ -82,6 +97,12 @@ pub struct RehearseArgs {
     /// `text` for people, `json`: events as JSON lines, then the report.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Start the simulated clock at this instant (RFC 3339, e.g. `2026-11-27T22:00:00Z`) and
+    /// wait for each maintenance window as a real rollout would: the report then counts
+    /// the windows the rollout takes and when it ends. Without it windows are ignored
+    /// and estimated.
+    #[arg(long, value_name = "INSTANT")]
+    pub from: Option<jiff::Timestamp>,
 }
 
 /// `noderoll status`.
@@ -202,6 +223,8 @@ fn outcome_code(outcome: &Outcome) -> i32 {
         Outcome::Finished => exit_code::SUCCESS,
         Outcome::Halted { .. } => exit_code::HALTED,
         Outcome::Interrupted => exit_code::INTERRUPTED,
+        // A scheduled run that ends with its window did what it was started for.
+        Outcome::Paused { .. } => exit_code::SUCCESS,
     }
 }
 
@@ -230,9 +253,9 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             force: args.force,
             break_lock: args.break_lock,
             lock_namespace: args.lock_namespace.clone(),
-            time_scale: 1.0,
+            clock: Clock::scaled(args.clock_start, args.time_scale),
             patience: Patience::default(),
-            windows: WindowMode::Wait,
+            windows: if args.until_window_end { WindowMode::Pause } else { WindowMode::Wait },
             hooks: HookSettings {
                 log_dir: state_dir(&args.plan).join(format!("{}.logs", plan_stem(&args.plan))),
                 env,
@@ -275,6 +298,7 @@ pub(super) fn rehearse(args: RehearseArgs) -> Result<i32> {
         nodes_per_selector: args.nodes_per_selector,
         workdir,
         program,
+        from: args.from,
     };
     init_tracing(&options.workdir.join("noderoll.log"))?;
     let report =
@@ -318,8 +342,15 @@ fn render_report(report: &Report, kept: bool) -> String {
             ),
         );
     }
-    if let Some(windows) = report.windows_needed {
-        line(&mut out, format!("  windows       at least {windows} maintenance window(s)"));
+    match (report.windows_needed, &report.ends_at) {
+        (Some(windows), Some(ends)) => {
+            line(&mut out, format!("  windows       {windows} maintenance window(s), finishing {ends}"))
+        }
+        (Some(windows), None) => line(
+            &mut out,
+            format!("  windows       at least {windows} maintenance window(s) (--from counts them exactly)"),
+        ),
+        _ => {}
     }
     let once = report.reboots.values().filter(|r| **r == 1).count();
     line(&mut out, format!("  upgrades      {} node(s) rebooted, {once} exactly once", report.reboots.len()));
@@ -403,6 +434,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
         Some(Record::Finished { .. }) => "finished",
         Some(Record::Halted { .. }) => "halted",
         Some(Record::Interrupted { .. }) => "interrupted",
+        Some(Record::Paused { .. }) => "paused until the next window",
         _ => "running or killed",
     };
     let count = |state: &str| nodes.iter().filter(|n| n["state"] == state).count();

@@ -105,6 +105,25 @@ pub enum Event {
         /// What the operator should do next.
         next: String,
     },
+    /// No node may start until the maintenance window opens; the run waits for it.
+    #[serde(rename_all = "camelCase")]
+    WaitingForWindow {
+        /// When it opens.
+        opens: String,
+        /// Nodes not yet done.
+        nodes_left: usize,
+        /// Nodes left cordoned meanwhile (only with `onWindowEnd: halt`).
+        cordoned: Vec<String>,
+    },
+    /// The window closed and the run stopped until the next one (`apply --until-window-end`).
+    Paused {
+        /// When the next window opens.
+        opens: String,
+        /// Nodes left cordoned (only with `onWindowEnd: halt`).
+        cordoned: Vec<String>,
+        /// What the operator should do next.
+        next: String,
+    },
     /// SIGINT or SIGTERM stopped the run.
     Interrupted {
         /// Steps that were running.

@@ -86,6 +86,13 @@ pub enum Record {
         /// When.
         at: String,
     },
+    /// The maintenance window closed; the run stopped until the next one.
+    Paused {
+        /// When.
+        at: String,
+        /// When the next window opens.
+        opens: String,
+    },
     /// Every step is done.
     Finished {
         /// When.
@@ -186,7 +193,7 @@ impl Replay {
                 self.approved.insert(node.clone());
             }
             Record::Finished { .. } => self.complete = true,
-            Record::Halted { .. } | Record::Interrupted { .. } => {}
+            Record::Halted { .. } | Record::Interrupted { .. } | Record::Paused { .. } => {}
         }
         self.records.push(record);
     }

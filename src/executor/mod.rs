@@ -11,6 +11,7 @@
 //! - [`journal`]: the checkpoint file; [`lock`]: the per-plan Lease; [`retry`]: API trouble.
 //! - [`steps`]: what each action does; [`event`]: what the run reports.
 
+pub mod clock;
 pub mod event;
 pub mod journal;
 pub mod lock;
@@ -38,6 +39,8 @@ use self::retry::Patience;
 use self::steps::{Context, HookSettings, StepError, WindowMode};
 use crate::dns::DnsProvider;
 use crate::plan::Plan;
+use crate::plan::model::WindowEndPolicy;
+use crate::plan::resolved::{WindowPlan, WindowState};
 use crate::planner::{self, Action, Inventory, Planned, PlannerError, Step};
 
 /// How to run a rollout.
@@ -51,8 +54,8 @@ pub struct Options {
     pub break_lock: bool,
     /// Namespace of the lock Lease.
     pub lock_namespace: String,
-    /// Real seconds per plan second (1 for a real rollout).
-    pub time_scale: f64,
+    /// Plan time (the wall clock for a real rollout).
+    pub clock: clock::Clock,
     /// Retry budget of one API call.
     pub patience: Patience,
     /// Whether to wait for maintenance windows.
@@ -81,6 +84,14 @@ pub enum Outcome {
     },
     /// SIGINT or SIGTERM.
     Interrupted,
+    /// The maintenance window closed (or was not open) and the nodes in progress are done;
+    /// only with [`WindowMode::Pause`]. The next run resumes.
+    Paused {
+        /// When the next window opens.
+        opens: jiff::Timestamp,
+        /// Nodes left cordoned (only with `onWindowEnd: halt`).
+        cordoned: Vec<String>,
+    },
 }
 
 /// Why a rollout cannot start or go on.
@@ -271,7 +282,7 @@ async fn run(
         plan: Arc::new(plan),
         patience: options.patience.clone(),
         etcd,
-        time_scale: options.time_scale,
+        clock: options.clock,
         observer: observer.clone(),
         dns,
         resolvers: match &plan_dns_resolvers {
@@ -318,7 +329,28 @@ async fn run(
     let mut lost = guard.lost.clone();
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     let mut interrupt = std::pin::pin!(interrupt);
+    let mut announced_wait: Option<jiff::Timestamp> = None;
+    // A run that pauses at a window's end first waits for one to open, if none is yet.
+    let mut window_seen = false;
     loop {
+        let closed = match window_gate(&ctx, options.windows) {
+            Gate::Open => {
+                window_seen = true;
+                None
+            }
+            Gate::Closed { opens } => Some(opens),
+            Gate::Never => {
+                if !halting {
+                    failures.push(Failure {
+                        step: "window".into(),
+                        error: "the maintenance window's cron expression never fires again; fix `window.cron`".into(),
+                    });
+                    halting = true;
+                }
+                None
+            }
+        };
+        let mut held = false;
         for (index, step) in graph.steps() {
             let i = index.index();
             if launched[i] || waiting[i] > 0 {
@@ -328,6 +360,10 @@ async fn run(
             if halting && (step.node.is_none() || (first_of.contains(&index) && !node_started)) {
                 continue;
             }
+            if closed.is_some() && held_by_window(step, node_started, ctx.plan.window.as_ref()) {
+                held = true;
+                continue;
+            }
             launched[i] = true;
             if let Some(node) = &step.node {
                 started_nodes.insert(node.clone());
@@ -335,11 +371,33 @@ async fn run(
             let resume = replay.in_flight.get(&step.id).cloned();
             running.spawn(run_step(ctx.clone(), journal.clone(), index, step.clone(), resume));
         }
+        let waiting_for = closed.filter(|_| held && !halting);
         if running.is_empty() {
-            break;
+            let Some(opens) = waiting_for else { break };
+            let cordoned = cordoned_nodes(&planned, &launched, &done);
+            if options.windows == WindowMode::Pause && window_seen {
+                append(&journal, &Record::Paused { at: journal::now(), opens: opens.to_string() })?;
+                observer.event(&Event::Paused {
+                    opens: opens.to_string(),
+                    cordoned: cordoned.clone(),
+                    next: "run the same apply command again in the next window; it resumes where this one stopped"
+                        .into(),
+                });
+                return Ok(Outcome::Paused { opens, cordoned });
+            }
+            if announced_wait != Some(opens) {
+                announced_wait = Some(opens);
+                observer.event(&Event::WaitingForWindow {
+                    opens: opens.to_string(),
+                    nodes_left: planned.chains.iter().filter(|c| !done[c.last().index()]).count(),
+                    cordoned,
+                });
+            }
         }
+        let window_opens = ctx.clock.real_until(waiting_for.unwrap_or(jiff::Timestamp::MAX));
         tokio::select! {
-            joined = running.join_next() => {
+            () = tokio::time::sleep(window_opens), if waiting_for.is_some() => {}
+            joined = running.join_next(), if !running.is_empty() => {
                 let Some(joined) = joined else { continue };
                 let (index, seconds, result) = match joined {
                     Ok(pair) => pair,
@@ -409,16 +467,7 @@ async fn run(
         observer.event(&Event::Finished { seconds: run_started.elapsed().as_secs_f64(), nodes: planned.chains.len() });
         return Ok(Outcome::Finished);
     }
-    let cordoned: Vec<String> = planned
-        .chains
-        .iter()
-        .filter(|c| {
-            let step_done = |action: Action| c.steps.iter().any(|&s| graph.step(s).action == action && done[s.index()]);
-            let cordon_started = c.steps.iter().any(|&s| graph.step(s).action == Action::Cordon && launched[s.index()]);
-            cordon_started && !step_done(Action::Uncordon)
-        })
-        .map(|c| c.node.clone())
-        .collect();
+    let cordoned = cordoned_nodes(&planned, &launched, &done);
     let reason = failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
     append(&journal, &Record::Halted { at: journal::now(), reason })?;
     observer.event(&Event::Halted {
@@ -427,6 +476,48 @@ async fn run(
         next: "fix what the error says, then run the same apply command again: finished steps are skipped and the failed step is retried".into(),
     });
     Ok(Outcome::Halted { failed: failures, cordoned })
+}
+
+/// Nodes whose cordon step began and whose uncordon step has not finished.
+fn cordoned_nodes(planned: &Planned, launched: &[bool], done: &[bool]) -> Vec<String> {
+    let graph = &planned.graph;
+    planned
+        .chains
+        .iter()
+        .filter(|c| {
+            let step_done = |action: Action| c.steps.iter().any(|&s| graph.step(s).action == action && done[s.index()]);
+            let cordon_started = c.steps.iter().any(|&s| graph.step(s).action == Action::Cordon && launched[s.index()]);
+            cordon_started && !step_done(Action::Uncordon)
+        })
+        .map(|c| c.node.clone())
+        .collect()
+}
+
+/// The maintenance window as the loop sees it.
+enum Gate {
+    /// No window, windows ignored, or the window is open.
+    Open,
+    /// Closed until `opens`.
+    Closed { opens: jiff::Timestamp },
+    /// The cron expression never fires again.
+    Never,
+}
+
+fn window_gate(ctx: &Context, mode: WindowMode) -> Gate {
+    let Some(window) = ctx.plan.window.as_ref().filter(|_| mode != WindowMode::Ignore) else { return Gate::Open };
+    match window.state_at(ctx.clock.now()) {
+        Some(WindowState::Open { .. }) => Gate::Open,
+        Some(WindowState::Closed { opens }) => Gate::Closed { opens },
+        None => Gate::Never,
+    }
+}
+
+/// Whether a closed window holds this step back: a batch's window gate, a node's first
+/// step, and, with `onWindowEnd: halt`, every step of a node in progress too (it stops
+/// where it is, cordoned, until the next window).
+fn held_by_window(step: &Step, node_started: bool, window: Option<&WindowPlan>) -> bool {
+    let halt = window.is_some_and(|w| w.on_end == WindowEndPolicy::Halt);
+    step.action == Action::Window || (step.node.is_some() && (halt || !node_started))
 }
 
 fn append(journal: &Mutex<Journal>, record: &Record) -> Result<(), JournalError> {

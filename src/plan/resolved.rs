@@ -178,6 +178,27 @@ impl WindowPlan {
         let next = self.cron.find_next_occurrence(&now, false).ok()?;
         Some(WindowState::Closed { opens: next.timestamp() })
     }
+
+    /// Up to `count` windows from `from` on, as (opens, closes); the one open at `from`
+    /// first, if any.
+    pub fn upcoming(&self, from: jiff::Timestamp, count: usize) -> Vec<(jiff::Timestamp, jiff::Timestamp)> {
+        let Ok(span) = jiff::SignedDuration::try_from(self.duration) else { return Vec::new() };
+        let mut windows = Vec::with_capacity(count);
+        let mut at = from;
+        while windows.len() < count {
+            let (opens, closes) = match self.state_at(at) {
+                Some(WindowState::Open { closes }) => (closes.checked_sub(span).unwrap_or(at), closes),
+                Some(WindowState::Closed { opens }) => match opens.checked_add(span) {
+                    Ok(closes) => (opens, closes),
+                    Err(_) => break,
+                },
+                None => break,
+            };
+            windows.push((opens, closes));
+            at = closes;
+        }
+        windows
+    }
 }
 
 /// A validated batch.
@@ -298,4 +319,58 @@ pub struct VerifyPlan {
     pub os_image: Option<String>,
     /// Extra check.
     pub command: Option<CommandTemplate>,
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn window(yaml: &str) -> WindowPlan {
+        let text = format!(
+            "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: w}}\nspec:\n  loadBalancer: {{mode: external}}\n  window: {yaml}\n  defaults: {{upgrade: {{command: [true]}}}}\n  batches: [{{name: b, role: workstation, nodes: [a]}}]\n"
+        );
+        let checked = crate::plan::check_str("w.yaml", &text);
+        checked.plan.and_then(|p| p.window).unwrap_or_else(|| panic!("{:?}", checked.diagnostics))
+    }
+
+    fn at(text: &str) -> jiff::Timestamp {
+        text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn a_london_window_stays_at_22_local_across_the_end_of_summer_time() {
+        let w = window("{cron: \"0 22 * * 5\", duration: 8h, timezone: Europe/London}");
+        // BST ends on Sunday 2026-10-25: the Friday before opens at 21:00 UTC, the Friday
+        // after at 22:00 UTC.
+        let next = w.upcoming(at("2026-10-20T00:00:00Z"), 2);
+        assert_eq!(
+            next,
+            [
+                (at("2026-10-23T21:00:00Z"), at("2026-10-24T05:00:00Z")),
+                (at("2026-10-30T22:00:00Z"), at("2026-10-31T06:00:00Z")),
+            ]
+        );
+        assert_eq!(
+            w.state_at(at("2026-10-24T04:59:59Z")),
+            Some(WindowState::Open { closes: at("2026-10-24T05:00:00Z") })
+        );
+        assert_eq!(
+            w.state_at(at("2026-10-24T05:00:00Z")),
+            Some(WindowState::Closed { opens: at("2026-10-30T22:00:00Z") })
+        );
+    }
+
+    #[test]
+    fn upcoming_starts_with_the_window_open_now() {
+        let w = window("{cron: \"*/20 * * * *\", duration: 4m}");
+        let next = w.upcoming(at("2026-11-27T22:02:00Z"), 3);
+        assert_eq!(
+            next,
+            [
+                (at("2026-11-27T22:00:00Z"), at("2026-11-27T22:04:00Z")),
+                (at("2026-11-27T22:20:00Z"), at("2026-11-27T22:24:00Z")),
+                (at("2026-11-27T22:40:00Z"), at("2026-11-27T22:44:00Z")),
+            ]
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod estimate;
 pub mod graph;
 pub mod invariants;
 pub mod render;
+pub mod schedule;
 pub mod survey;
 
 pub use build::{BudgetFacts, Inventory, Planned, PodFacts, build, build_with};

@@ -10,3 +10,4 @@ mod rollout;
 mod schema;
 mod sim_kube;
 mod sim_kubectl;
+mod windows;

@@ -7,8 +7,12 @@ use crate::harness::noderoll;
 const NAMED_NODE_PLANS: &[&str] =
     &["servicelb-round-robin", "servicelb-single-record", "external-lb", "large-facility"];
 
+/// Previews an example plan; its maintenance windows are listed from a fixed instant.
 fn preview(plan: &str, format: &str) -> String {
-    let out = noderoll().args(["preview", "-o", format, &format!("plans/{plan}.yaml")]).output().expect("runs");
+    let out = noderoll()
+        .args(["preview", "-o", format, &format!("plans/{plan}.yaml"), "--from", "2026-11-25T12:00:00Z"])
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(0), "{plan}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8")
 }
@@ -22,6 +26,34 @@ fn text_dot_and_mermaid_match_their_snapshots() {
         insta::assert_snapshot!(format!("preview_dot__{plan}"), preview(plan, "dot"));
         insta::assert_snapshot!(format!("preview_mermaid__{plan}"), preview(plan, "mermaid"));
     }
+}
+
+#[test]
+fn windows_are_listed_and_counted_from_a_rehearsals_figures() {
+    let doc: Value = serde_json::from_str(&preview("large-facility", "json")).expect("JSON");
+    let windows = &doc["windows"];
+    assert_eq!(windows["next"][0]["opens"], "2026-11-27T22:00:00+00:00");
+    assert_eq!(windows["next"][0]["closes"], "2026-11-28T06:00:00+00:00");
+    assert_eq!(windows["makespanSource"], "estimate");
+    let estimate = windows["makespanSeconds"].as_u64().expect("seconds");
+    assert_eq!(windows["windowsNeeded"], estimate.div_ceil(8 * 3600));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("rehearsal.jsonl");
+    let line = serde_json::json!({"event": "report", "report": {"simulatedSeconds": 100000.0, "windowsCounted": true, "windowsNeeded": 7}});
+    std::fs::write(&report, format!("{{\"event\":\"started\"}}\n{line}\n")).expect("write");
+    let out = noderoll()
+        .args(["preview", "plans/large-facility.yaml", "--from", "2026-11-25T12:00:00Z", "--rehearsal"])
+        .arg(&report)
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains("needs 7 window(s), as a rehearsal counted them"), "{text}");
+
+    std::fs::write(&report, "not a report\n").expect("write");
+    let out = noderoll().args(["preview", "plans/large-facility.yaml", "--rehearsal"]).arg(&report).assert().code(3);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("has no rehearsal report"), "{stderr}");
 }
 
 #[test]

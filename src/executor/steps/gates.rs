@@ -16,33 +16,19 @@ use crate::planner::Step;
 /// The label k3s puts on nodes that run an embedded etcd member.
 pub(super) const ETCD_ROLE: &str = "node-role.kubernetes.io/etcd";
 
-/// Waits until the plan's maintenance window is open.
-pub(super) async fn window(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+/// Journals the window a batch starts in. The executor's loop is what keeps batches and
+/// nodes from starting outside a window (it holds this step, too, until one opens), so
+/// this step only records when the window closes.
+pub(super) async fn window(ctx: &Context, _step: &Step) -> Result<Value, StepError> {
     let Some(window) = &ctx.plan.window else { return Ok(Value::Null) };
     if ctx.windows == WindowMode::Ignore {
-        return Ok(json!({"waited": false, "reason": "windows are counted, not awaited, in a rehearsal"}));
+        return Ok(json!({"waited": false, "reason": "windows are estimated, not awaited, in this rehearsal"}));
     }
-    loop {
-        match window.state_at(jiff::Timestamp::now()) {
-            Some(WindowState::Open { closes }) => return Ok(json!({"closes": closes.to_string()})),
-            Some(WindowState::Closed { opens }) => {
-                ctx.progress(
-                    step,
-                    format!("waiting for the maintenance window at {} ({})", opens, window.timezone_name),
-                );
-                let wait = Duration::try_from(opens.duration_since(jiff::Timestamp::now())).unwrap_or(Duration::ZERO);
-                // Wake at least hourly, so a suspended laptop or a changed clock is noticed.
-                tokio::time::sleep(wait.min(Duration::from_secs(3600)) + Duration::from_millis(10)).await;
-            }
-            None => {
-                return Err(StepError::Timeout {
-                    what: "a maintenance window".into(),
-                    after: "the end of the cron schedule".into(),
-                    detail: format!("; `{}` never fires again", window.cron_text),
-                });
-            }
-        }
-    }
+    Ok(match window.state_at(ctx.clock.now()) {
+        Some(WindowState::Open { closes }) => json!({"closes": closes.to_string()}),
+        // It closed between the loop's look and this one; the batch's nodes are held.
+        _ => json!({"closes": Value::Null}),
+    })
 }
 
 /// Before a batch of service nodes: every etcd member healthy, read from etcd itself when

@@ -69,9 +69,15 @@ pub enum StepError {
 /// How maintenance windows are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowMode {
-    /// Wait for the window to open (a real rollout).
+    /// Outside a window, start no node and wait in-process for the next one (an attended
+    /// run, or a rehearsal that counts the windows a rollout takes).
     Wait,
-    /// Do not wait; a rehearsal counts the windows from its makespan instead.
+    /// Outside a window, once the nodes in progress are done, stop with
+    /// [`Outcome::Paused`](crate::executor::Outcome::Paused) (a scheduled run: the next
+    /// one resumes). Started before any window, it first waits for one.
+    Pause,
+    /// Do not look at windows; a rehearsal without a start instant estimates them from its
+    /// makespan instead.
     Ignore,
 }
 
@@ -83,9 +89,9 @@ pub struct Context {
     pub plan: Arc<Plan>,
     /// Retry budget for one API call.
     pub patience: Patience,
-    /// Real seconds per plan second: 1 for a real rollout, the simulator's scale in a
-    /// rehearsal, so that the plan's timeouts mean the same thing in both.
-    pub time_scale: f64,
+    /// Plan time: the wall clock for a real rollout; in a rehearsal, the simulator's scale,
+    /// so that the plan's timeouts and windows mean the same thing in both.
+    pub clock: super::clock::Clock,
     /// Where events go.
     pub observer: Arc<dyn Observer>,
     /// etcd's own health, when the plan names its endpoints.
@@ -111,14 +117,14 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("plan", &self.plan.name).field("time_scale", &self.time_scale).finish()
+        f.debug_struct("Context").field("plan", &self.plan.name).field("time_scale", &self.clock.scale()).finish()
     }
 }
 
 impl Context {
     /// A plan duration as real time.
     pub fn real(&self, plan_time: Duration) -> Duration {
-        plan_time.mul_f64(self.time_scale)
+        self.clock.real(plan_time)
     }
 
     /// Reports progress of a running step.
