@@ -85,6 +85,18 @@ pub enum Command {
     Approve(rollout::ApproveArgs),
     /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
     Schema,
+    /// Print a shell completion script (e.g. `noderoll completions bash > /etc/bash_completion.d/noderoll`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a folder.
+    Man {
+        /// Write `noderoll.1` and `noderoll-COMMAND.1` here instead of printing `noderoll.1`.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The Kubernetes API simulator that stands in for a cluster in tests and rehearsals.
     Sim {
         /// What to do.
@@ -183,9 +195,20 @@ pub enum OutputFormat {
     Json,
 }
 
+/// The name kubectl runs a plugin by: `kubectl noderoll ...` executes `kubectl-noderoll`.
+const KUBECTL_PLUGIN: &str = "kubectl-noderoll";
+
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let program = std::env::args_os().next().map(PathBuf::from);
+    if program.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == KUBECTL_PLUGIN) {
+        // Usage and errors then read as the user typed them.
+        command = command.bin_name("kubectl noderoll");
+    }
+    let parsed =
+        command.try_get_matches().and_then(|mut m| <Cli as clap::FromArgMatches>::from_arg_matches_mut(&mut m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -221,6 +244,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             print!("{}", crate::plan::starter::starter(&name, &inventory, batch_size));
             Ok(exit_code::SUCCESS)
         }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let name = command.get_name().to_owned();
+            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+            Ok(exit_code::SUCCESS)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Schema => {
             println!("{}", schema_json()?);
             Ok(exit_code::SUCCESS)
@@ -231,6 +261,27 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(args) => rollout::status(&args),
         Command::Approve(args) => rollout::approve(&args),
     }
+}
+
+/// Man pages from the command-line definition, so they never drift from `--help`.
+fn man(dir: Option<&std::path::Path>) -> Result<i32> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { action: "write", path, source }
+    };
+    match dir {
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(command).render(&mut out).map_err(io(std::path::Path::new("stdout")))?;
+            std::io::stdout().write_all(&out).map_err(io(std::path::Path::new("stdout")))?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            clap_mangen::generate_to(command, dir).map_err(io(dir))?;
+        }
+    }
+    Ok(exit_code::SUCCESS)
 }
 
 /// The plan's JSON Schema, pretty-printed, exactly as `schemas/plan.schema.json` holds it.

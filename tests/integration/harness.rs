@@ -67,7 +67,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// PATH with the built binary first, so a plan's `noderoll sim ctl` hook runs it.
-fn path_with_binary() -> std::ffi::OsString {
+pub(crate) fn path_with_binary() -> std::ffi::OsString {
     let binary = assert_cmd::cargo::cargo_bin("noderoll");
     let dir = binary.parent().expect("binary folder").to_owned();
     let mut paths = vec![dir];

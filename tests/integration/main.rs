@@ -1,6 +1,7 @@
 //! Behaviour through the real `noderoll` binary.
 
 mod check;
+mod distribution;
 mod dns;
 mod harness;
 mod knot;

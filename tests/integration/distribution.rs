@@ -1,0 +1,56 @@
+//! How noderoll reaches its users beyond the binary: as a kubectl plugin (through real
+//! kubectl), with shell completions and man pages generated from the command line.
+
+use crate::harness::{kubectl_binary, noderoll, path_with_binary, repo};
+
+#[test]
+fn kubectl_runs_noderoll_as_a_plugin() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new(kubectl_binary())
+            .args(args)
+            .current_dir(repo())
+            .env("PATH", path_with_binary())
+            .env("HOME", home.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("kubectl runs")
+    };
+    let out = kubectl(&["noderoll", "check", "plans/external-lb.yaml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(&["noderoll", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Usage: kubectl noderoll"), "usage names the plugin as typed: {stderr}");
+    let out = kubectl(&["plugin", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kubectl-noderoll"), "kubectl plugin list finds it");
+}
+
+#[test]
+fn completions_are_valid_shell() {
+    let out = noderoll().args(["completions", "bash"]).assert().success();
+    let script = out.get_output().stdout.clone();
+    assert!(String::from_utf8_lossy(&script).contains("complete -F _noderoll"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("noderoll.bash");
+    std::fs::write(&path, &script).expect("write");
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&path).status().expect("bash runs");
+    assert!(syntax.success(), "bash -n rejects the completion script");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        noderoll().args(["completions", shell]).assert().success();
+    }
+}
+
+#[test]
+fn man_pages_cover_every_command() {
+    let out = noderoll().arg("man").assert().success();
+    let page = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(page.contains(".TH noderoll 1"), "{page}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    noderoll().arg("man").arg("--dir").arg(dir.path()).assert().success();
+    for command in ["apply", "rehearse", "preview", "status", "approve", "check", "sim-serve"] {
+        let page = std::fs::read_to_string(dir.path().join(format!("noderoll-{command}.1")))
+            .unwrap_or_else(|e| panic!("noderoll-{command}.1: {e}"));
+        assert!(page.contains(".SH NAME") && page.contains(".SH OPTIONS"), "noderoll-{command}.1");
+    }
+}
