@@ -14,6 +14,7 @@ pub mod executor;
 pub mod exit_code;
 pub mod inventory;
 pub mod labels;
+pub mod metrics;
 pub mod plan;
 pub mod planner;
 pub mod rehearse;

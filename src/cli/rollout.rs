@@ -12,7 +12,7 @@ use super::progress::{Bars, JsonLines, PlainLines};
 use super::{OutputFormat, interrupted, runtime};
 use crate::error::{Error, Result};
 use crate::executor::clock::Clock;
-use crate::executor::event::Observer;
+use crate::executor::event::{Fanout, Observer};
 use crate::executor::journal::{self, Record};
 use crate::executor::retry::Patience;
 use crate::executor::steps::{HookSettings, WindowMode};
@@ -63,6 +63,10 @@ pub struct ApplyArgs {
     /// the plan's timeouts and windows then pass at the simulator's speed.
     #[arg(long, value_name = "SCALE", default_value_t = 1.0, hide_short_help = true)]
     pub time_scale: f64,
+    /// Serve Prometheus metrics (nodes by state, step durations, current batch, last
+    /// error) on this address at `/metrics`, e.g. `0.0.0.0:9464`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Start the plan's clock at this instant (RFC 3339) instead of now; with
     /// `--time-scale`, to try a window schedule against the simulator.
     #[arg(long, value_name = "INSTANT", requires = "time_scale", hide_short_help = true)]
@@ -265,9 +269,20 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             ask_resolvers: true,
         };
         approvals_from_stdin(journal_path);
-        let outcome = executor::apply(client, plan, &text, &options, dns, observer(args.output), interrupted())
-            .await
-            .map_err(Error::Exec)?;
+        let mut observers = vec![observer(args.output)];
+        if let Some(addr) = args.metrics_addr {
+            let metrics = Arc::new(crate::metrics::Metrics::new());
+            let bound = crate::metrics::serve(addr, metrics.clone()).await.map_err(|source| Error::Io {
+                action: "listen on",
+                path: addr.to_string(),
+                source,
+            })?;
+            tracing::info!(%bound, "serving metrics");
+            observers.push(metrics);
+        }
+        let observer: Arc<dyn Observer> = Arc::new(Fanout(observers));
+        let outcome =
+            executor::apply(client, plan, &text, &options, dns, observer, interrupted()).await.map_err(Error::Exec)?;
         Ok(outcome_code(&outcome))
     })
 }

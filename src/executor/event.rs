@@ -23,6 +23,8 @@ pub enum Event {
         steps: usize,
         /// Steps already done by earlier runs.
         done: usize,
+        /// Nodes whose whole chain earlier runs finished.
+        nodes_done: usize,
         /// Whether this run resumes an earlier one.
         resumed: bool,
     },
@@ -160,4 +162,16 @@ pub struct Failure {
 pub trait Observer: Send + Sync {
     /// One event; must not block for long.
     fn event(&self, event: &Event);
+}
+
+/// Several observers, each given every event in order: the progress display, and the
+/// metrics or notifications an operator asked for.
+pub struct Fanout(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl Observer for Fanout {
+    fn event(&self, event: &Event) {
+        for observer in &self.0 {
+            observer.event(event);
+        }
+    }
 }

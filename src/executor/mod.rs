@@ -320,6 +320,7 @@ async fn run(
         batches: planned.batches.iter().map(|b| BatchSize { name: b.name.clone(), nodes: b.nodes.len() }).collect(),
         steps: graph.len(),
         done: finished_count,
+        nodes_done: planned.chains.iter().filter(|c| done[c.last().index()]).count(),
         resumed: !replay.records.is_empty(),
     });
     let run_started = tokio::time::Instant::now();

@@ -6,6 +6,7 @@ mod dns;
 mod harness;
 mod knot;
 mod preview;
+mod prometheus;
 mod quorum;
 mod rollout;
 mod schema;
