@@ -258,7 +258,7 @@ pub async fn rehearse(
 
 async fn run(
     simulator: &Simulator,
-    plan: Plan,
+    mut plan: Plan,
     plan_text: &str,
     options: &RehearseOptions,
     observer: Arc<dyn Observer>,
@@ -309,6 +309,12 @@ async fn run(
     let name = plan.name.clone();
     let started = tokio::time::Instant::now();
     let provider = dns.clone().map(|d| d as Arc<dyn DnsProvider>);
+    // A rehearsal reaches nothing outside its simulated cluster: the health gates keep
+    // their readiness check and leave out Prometheus and the command.
+    if let Some(health) = plan.health.as_mut() {
+        health.prometheus = None;
+        health.command = None;
+    }
     let outcome = executor::apply(client.clone(), plan, plan_text, &run_options, provider, recorder.clone(), interrupt)
         .await
         .map_err(Error::Exec)?;

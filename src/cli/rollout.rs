@@ -280,10 +280,30 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             tracing::info!(%bound, "serving metrics");
             observers.push(metrics);
         }
+        let notifier = match &plan.webhook {
+            Some(webhook) => {
+                let url = crate::notify::url(&webhook.url, plan_dir)?;
+                let http = crate::http_client::HttpClient::new().map_err(|e| Error::Client {
+                    context: "set up the webhook's HTTPS client".into(),
+                    message: e.to_string(),
+                })?;
+                let notifier = Arc::new(crate::notify::Notifier::start(url, &plan.name, webhook.events.clone(), http));
+                observers.push(notifier.clone());
+                Some(notifier)
+            }
+            None => None,
+        };
         let observer: Arc<dyn Observer> = Arc::new(Fanout(observers));
-        let outcome =
-            executor::apply(client, plan, &text, &options, dns, observer, interrupted()).await.map_err(Error::Exec)?;
-        Ok(outcome_code(&outcome))
+        let outcome = executor::apply(client, plan, &text, &options, dns, observer.clone(), interrupted()).await;
+        if let Some(notifier) = notifier {
+            let undelivered = notifier.finish().await;
+            if undelivered > 0 {
+                observer.event(&crate::executor::event::Event::Warning {
+                    message: format!("{undelivered} webhook notification(s) could not be delivered; see the log file"),
+                });
+            }
+        }
+        Ok(outcome_code(&outcome.map_err(Error::Exec)?))
     })
 }
 

@@ -130,6 +130,9 @@ pub enum ExecError {
     /// The DNS record is not what the plan describes, or cannot be read; nothing changed.
     #[error("before the rollout: {0}")]
     Preflight(StepError),
+    /// The HTTPS client for the health gate's Prometheus cannot be set up.
+    #[error("cannot set up the HTTPS client for Prometheus: {0}")]
+    Http(#[from] crate::http_client::HttpError),
     /// Reading the cluster failed.
     #[error("cannot {context}: {source}")]
     Api {
@@ -276,6 +279,10 @@ async fn run(
         _ => None,
     };
     let (approvals, approved) = watch::channel(replay.approved.clone());
+    let http = match plan.health.as_ref().and_then(|h| h.prometheus.as_ref()) {
+        Some(_) => Some(crate::http_client::HttpClient::new()?),
+        None => None,
+    };
     let plan_dns_resolvers = plan.load_balancer.dns.as_ref().map(|d| d.resolvers.clone());
     let ctx = Arc::new(Context {
         client,
@@ -291,6 +298,8 @@ async fn run(
         },
         hooks: options.hooks.clone(),
         windows: options.windows,
+        batches: planned.batches.clone(),
+        http,
         approved,
         chain_starts: planned.chains.iter().map(|c| planned.graph.step(c.first()).id.clone()).collect(),
         finished: Mutex::new(replay.finished.clone()),

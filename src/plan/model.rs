@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
 /// The API version this build of noderoll reads.
@@ -68,6 +68,13 @@ pub struct PlanSpec {
     /// The maintenance window: no node starts outside it.
     #[serde(default)]
     pub window: Option<Window>,
+    /// Checks that must pass before each batch (and, with `before: node`, each node)
+    /// starts: the previous batch Ready, no matching Prometheus alert firing, a command.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Who hears about the rollout: a webhook on start, batch done, halt, pause, finish.
+    #[serde(default)]
+    pub notify: Option<Notify>,
     /// The batches, run in list order unless `after` says otherwise.
     #[schemars(with = "Vec<Batch>")]
     pub batches: Spanned<Vec<Batch>>,
@@ -437,6 +444,103 @@ pub struct Window {
     /// What a node in progress does when the window closes: `finish` (default) or `halt`.
     #[serde(default)]
     pub on_window_end: Option<WindowEndPolicy>,
+}
+
+/// Health gates.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    /// `batch` (default): check before each batch starts; `node`: also before each node.
+    #[serde(default)]
+    pub before: Option<HealthScope>,
+    /// Before a batch, every node of the batches it runs after must be Ready. Default: `true`.
+    #[serde(default)]
+    pub previous_batch_ready: Option<bool>,
+    /// No firing alert of this Prometheus may match `alerts`.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusGate>,
+    /// A program that must exit 0 (argv, no shell; placeholders `{batch}`, `{plan}`, and
+    /// `{node}` before a node).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    /// How long a gate waits for health before the rollout halts. Default: `30m`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationString>")]
+    pub timeout: Option<Spanned<String>>,
+    /// How often an unhealthy gate looks again. Default: `30s`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationString>")]
+    pub interval: Option<Spanned<String>>,
+}
+
+/// Where health gates run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthScope {
+    /// Before each batch.
+    Batch,
+    /// Before each batch and each node.
+    Node,
+}
+
+/// The Prometheus health gate.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusGate {
+    /// The server, e.g. `http://prometheus.monitoring:9090`; noderoll reads `/api/v1/alerts`.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// A label selector over the alerts' labels (`severity=critical,alertname!=Watchdog`);
+    /// any firing alert it matches stops the gate. Default: every firing alert.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub alerts: Option<Spanned<String>>,
+}
+
+/// Notifications.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notify {
+    /// A JSON POST per event; the body has a Slack-compatible `text`.
+    #[schemars(with = "Webhook")]
+    pub webhook: Spanned<Webhook>,
+}
+
+/// A webhook.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Webhook {
+    /// The URL (`http://` or `https://`). One of `url`, `urlFile`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
+    /// A file holding the URL, relative to the plan (a Slack webhook URL is a secret).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub url_file: Option<Spanned<String>>,
+    /// Which events to send. Default: all of `started`, `batch-done`, `halted`, `paused`,
+    /// `interrupted`, `finished`.
+    #[serde(default)]
+    pub events: Option<Vec<NotifyEvent>>,
+}
+
+/// Events a webhook can receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyEvent {
+    /// The run began (or resumed).
+    Started,
+    /// A batch's last node is done.
+    BatchDone,
+    /// A step failed and the run stopped starting nodes.
+    Halted,
+    /// The maintenance window ended (`--until-window-end`).
+    Paused,
+    /// SIGINT or SIGTERM.
+    Interrupted,
+    /// Every node is done.
+    Finished,
 }
 
 /// What happens to nodes in progress at the end of a window.

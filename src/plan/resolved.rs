@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::model::{
-    AddressType, DnsStrategy, LoadBalancerMode, Role, SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy,
+    AddressType, DnsStrategy, LoadBalancerMode, NotifyEvent, Role, SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy,
     WindowEndPolicy,
 };
 use super::selector::Selector;
@@ -25,6 +25,10 @@ pub struct Plan {
     pub quorum: QuorumPlan,
     /// The maintenance window, if any.
     pub window: Option<WindowPlan>,
+    /// Health gates, if any.
+    pub health: Option<HealthPlan>,
+    /// The webhook, if any.
+    pub webhook: Option<WebhookPlan>,
     /// Batches in plan order; `after` is already resolved to batch indices.
     pub batches: Vec<BatchPlan>,
 }
@@ -128,6 +132,41 @@ pub struct EtcdPlan {
     pub cert_file: Option<String>,
     /// Client key path.
     pub key_file: Option<String>,
+}
+
+/// Validated health gates.
+#[derive(Debug, Clone)]
+pub struct HealthPlan {
+    /// Also before each node, not only each batch.
+    pub per_node: bool,
+    /// The batches a batch runs after must be Ready.
+    pub previous_batch_ready: bool,
+    /// Prometheus server URL and the alert filter.
+    pub prometheus: Option<(String, Option<Selector>)>,
+    /// The command gate.
+    pub command: Option<CommandTemplate>,
+    /// How long a gate waits.
+    pub timeout: Duration,
+    /// How often it looks again.
+    pub interval: Duration,
+}
+
+/// A validated webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookPlan {
+    /// Where the URL comes from.
+    pub url: UrlSource,
+    /// Which events it receives.
+    pub events: Vec<NotifyEvent>,
+}
+
+/// A URL written in the plan, or kept in a file beside it.
+#[derive(Debug, Clone)]
+pub enum UrlSource {
+    /// In the plan.
+    Inline(String),
+    /// In this file (relative to the plan's folder).
+    File(String),
 }
 
 /// A validated maintenance window.

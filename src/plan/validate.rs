@@ -15,8 +15,9 @@ use super::model::{
     UncordonPolicy, WindowEndPolicy,
 };
 use super::resolved::{
-    BatchPlan, DnsPlan, DnsProviderPlan, DrainPlan, EtcdPlan, L2Plan, LoadBalancerPlan, MaxUnavailable, Members,
-    NodeLabel, Plan, QuorumPlan, SessionsPlan, Settings, UpgradePlan, VerifyPlan, WindowPlan,
+    BatchPlan, DnsPlan, DnsProviderPlan, DrainPlan, EtcdPlan, HealthPlan, L2Plan, LoadBalancerPlan, MaxUnavailable,
+    Members, NodeLabel, Plan, QuorumPlan, SessionsPlan, Settings, UpgradePlan, UrlSource, VerifyPlan, WebhookPlan,
+    WindowPlan,
 };
 use super::selector::{Selector, is_dns_subdomain, is_label_name};
 use super::template::{CommandTemplate, TemplateError};
@@ -38,6 +39,8 @@ const DEFAULT_QUORUM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_L2_RELEASE_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 /// How long resolvers may take to serve a DNS change when the plan does not say.
 const DEFAULT_DNS_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Validates a parsed document. Returns the plan when there is no error (warnings may
 /// still be present), and every diagnostic found.
@@ -51,6 +54,8 @@ pub fn validate(source: &Arc<SourceFile>, doc: &PlanDocument) -> (Option<Plan>, 
     let quorum = c.quorum(doc.spec.quorum.as_ref());
     let api_servers = c.api_servers(doc.spec.api_servers.as_ref());
     let window = doc.spec.window.as_ref().and_then(|w| c.window(w));
+    let health = doc.spec.health.as_ref().map(|h| c.health(h));
+    let webhook = doc.spec.notify.as_ref().and_then(|n| c.webhook(&n.webhook.value, n.webhook.referenced));
     let defaults = c.layer(&Layer::builtin(), (&doc.spec.defaults).into());
     let batches = c.batches(batches_raw, &defaults);
     c.quorum_budget(batches_raw, quorum.etcd.as_ref().map(|e| e.endpoints.len()));
@@ -64,6 +69,8 @@ pub fn validate(source: &Arc<SourceFile>, doc: &PlanDocument) -> (Option<Plan>, 
         api_servers,
         quorum,
         window,
+        health,
+        webhook,
         batches,
     });
     (plan, diagnostics)
@@ -547,6 +554,69 @@ impl Checker<'_> {
             }
         });
         QuorumPlan { etcd, timeout }
+    }
+
+    fn health(&mut self, h: &model::Health) -> HealthPlan {
+        let prometheus = h.prometheus.as_ref().map(|p| {
+            if !is_url(&p.url.value) {
+                self.error(
+                    p.url.referenced,
+                    format!("`{}` is not a Prometheus URL", p.url.value),
+                    "write the server's base URL, e.g. `http://prometheus.monitoring:9090`",
+                );
+            }
+            let alerts = p.alerts.as_ref().and_then(|a| self.selector(a, "alert selector"));
+            (p.url.value.trim_end_matches('/').to_owned(), alerts)
+        });
+        let command = h.command.as_ref().and_then(|c| self.template(c, &["node", "batch", "plan"], "health command"));
+        HealthPlan {
+            per_node: h.before == Some(model::HealthScope::Node),
+            previous_batch_ready: h.previous_batch_ready.unwrap_or(true),
+            prometheus,
+            command,
+            timeout: self.duration_or(h.timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT, "health timeout"),
+            interval: self.duration_or(h.interval.as_ref(), DEFAULT_HEALTH_INTERVAL, "health interval"),
+        }
+    }
+
+    fn webhook(&mut self, w: &model::Webhook, at: Location) -> Option<WebhookPlan> {
+        let url = match (&w.url, &w.url_file) {
+            (Some(url), None) => {
+                if !is_url(&url.value) {
+                    self.error(
+                        url.referenced,
+                        format!("`{}` is not a webhook URL", url.value),
+                        "write an `http://` or `https://` URL, or keep it in a file named by `urlFile`",
+                    );
+                    return None;
+                }
+                UrlSource::Inline(url.value.clone())
+            }
+            (None, Some(file)) => UrlSource::File(file.value.clone()),
+            (Some(url), Some(_)) => {
+                self.error(
+                    url.referenced,
+                    "`url` and `urlFile` both given",
+                    "keep one: `urlFile` keeps a secret URL out of git",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.error(
+                    at,
+                    "the webhook has no `url` or `urlFile`",
+                    "add `url: https://...`, or `urlFile: FILE` for a secret URL",
+                );
+                return None;
+            }
+        };
+        let mut events = w.events.clone().unwrap_or_else(|| {
+            use model::NotifyEvent::*;
+            vec![Started, BatchDone, Halted, Paused, Interrupted, Finished]
+        });
+        events.sort();
+        events.dedup();
+        Some(WebhookPlan { url, events })
     }
 
     fn window(&mut self, w: &model::Window) -> Option<WindowPlan> {

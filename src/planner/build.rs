@@ -179,6 +179,11 @@ pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned,
             graph.depend(head, window);
             head = window;
         }
+        if plan.health.is_some() {
+            let health = gate(&mut graph, Action::Health);
+            graph.depend(head, health);
+            head = health;
+        }
         if batch.role == Role::Service {
             let quorum_gate = gate(&mut graph, Action::Quorum);
             graph.depend(head, quorum_gate);

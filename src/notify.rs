@@ -1,0 +1,155 @@
+//! Webhook notifications: an [`Observer`] that turns the events an operator wants to hear
+//! about (start, batch done, halt, pause, interrupt, finish) into JSON POSTs with a
+//! Slack-compatible `text`. Delivery runs on its own task with retries, so a slow or dead
+//! webhook never holds up or fails a rollout; `finish` waits for what is queued.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::executor::event::{Event, Observer};
+use crate::http_client::HttpClient;
+use crate::plan::model::NotifyEvent;
+use crate::plan::resolved::UrlSource;
+use crate::planner::Action;
+
+/// Tries per message, and the pause before the second and third.
+const BACKOFF: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
+/// How long one POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `finish` waits for queued messages.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends a plan's events to its webhook.
+pub struct Notifier {
+    plan: String,
+    events: Vec<NotifyEvent>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Value>>>,
+    sender: Mutex<Option<JoinHandle<usize>>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").field("plan", &self.plan).field("events", &self.events).finish()
+    }
+}
+
+impl Notifier {
+    /// Starts the delivery task for `url`. Must be called inside a tokio runtime.
+    pub fn start(url: String, plan: &str, events: Vec<NotifyEvent>, http: HttpClient) -> Notifier {
+        let (queue, mut receiver) = mpsc::unbounded_channel::<Value>();
+        let sender = tokio::spawn(async move {
+            let mut failed = 0;
+            while let Some(body) = receiver.recv().await {
+                let mut result = http.post_json(&url, &body, POST_TIMEOUT).await;
+                for pause in BACKOFF {
+                    if result.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    result = http.post_json(&url, &body, POST_TIMEOUT).await;
+                }
+                if let Err(e) = result {
+                    // The URL may hold a secret: the error names the host's answer, and
+                    // the log is the operator's own file.
+                    tracing::warn!(event = %body["event"], error = %e.message, "webhook not delivered");
+                    failed += 1;
+                }
+            }
+            failed
+        });
+        Notifier { plan: plan.to_owned(), events, queue: Mutex::new(Some(queue)), sender: Mutex::new(Some(sender)) }
+    }
+
+    /// Stops taking events and waits (up to 30 s) until the queued ones are sent; returns
+    /// how many could not be delivered.
+    pub async fn finish(&self) -> usize {
+        drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match sender {
+            Some(task) => tokio::time::timeout(DRAIN_TIMEOUT, task).await.ok().and_then(Result::ok).unwrap_or(1),
+            None => 0,
+        }
+    }
+
+    /// The message for an event, if the webhook wants it.
+    fn message(&self, event: &Event) -> Option<Value> {
+        let plan = &self.plan;
+        let (kind, text) = match event {
+            Event::Started { batches, steps, done, resumed, .. } => {
+                let nodes: usize = batches.iter().map(|b| b.nodes).sum();
+                let text = if *resumed {
+                    format!("rollout `{plan}` resumed: {done} of {steps} steps were done, {nodes} node(s) in all")
+                } else {
+                    format!("rollout `{plan}` started: {nodes} node(s) in {} batch(es)", batches.len())
+                };
+                (NotifyEvent::Started, text)
+            }
+            Event::StepFinished { action: Action::BatchDone, batch: Some(batch), .. } => {
+                (NotifyEvent::BatchDone, format!("rollout `{plan}`: batch `{batch}` done"))
+            }
+            Event::Halted { failed, cordoned, next } => {
+                let why = failed.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
+                let left = if cordoned.is_empty() { "none".to_owned() } else { cordoned.join(", ") };
+                (NotifyEvent::Halted, format!("rollout `{plan}` HALTED. {why}. Left cordoned: {left}. Next: {next}"))
+            }
+            Event::Paused { opens, cordoned, .. } => {
+                let left = if cordoned.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Left cordoned: {}.", cordoned.join(", "))
+                };
+                (
+                    NotifyEvent::Paused,
+                    format!("rollout `{plan}` paused at the end of its window; the next opens {opens}.{left}"),
+                )
+            }
+            Event::Interrupted { running } => (
+                NotifyEvent::Interrupted,
+                format!(
+                    "rollout `{plan}` interrupted with {} step(s) running; run apply again to resume",
+                    running.len()
+                ),
+            ),
+            Event::Finished { nodes, .. } => {
+                (NotifyEvent::Finished, format!("rollout `{plan}` finished: {nodes} node(s) upgraded"))
+            }
+            _ => return None,
+        };
+        if !self.events.contains(&kind) {
+            return None;
+        }
+        let name = serde_json::to_value(kind).unwrap_or(Value::Null);
+        Some(json!({"text": format!("noderoll: {text}"), "plan": plan, "event": name, "detail": event}))
+    }
+}
+
+impl Observer for Notifier {
+    fn event(&self, event: &Event) {
+        let Some(message) = self.message(event) else { return };
+        if let Some(queue) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = queue.send(message);
+        }
+    }
+}
+
+/// The webhook's URL: as written in the plan, or read from its file (relative to the plan's
+/// folder, surrounding whitespace ignored).
+pub fn url(source: &UrlSource, plan_dir: &Path) -> Result<String, crate::Error> {
+    match source {
+        UrlSource::Inline(url) => Ok(url.clone()),
+        UrlSource::File(file) => {
+            let path = plan_dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|source| crate::Error::Io {
+                action: "read the webhook URL from",
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(text.trim().to_owned())
+        }
+    }
+}
