@@ -60,7 +60,10 @@ impl Error {
         match self {
             Error::InvalidPlan(_) | Error::Planner { .. } => exit_code::INVALID_PLAN,
             Error::Exec(e) => match e {
-                crate::executor::ExecError::Lock(crate::executor::lock::LockError::Held { .. }) => exit_code::LOCKED,
+                crate::executor::ExecError::Lock(crate::executor::lock::LockError::Held { .. })
+                | crate::executor::ExecError::Journal(crate::executor::journal::JournalError::Conflict { .. }) => {
+                    exit_code::LOCKED
+                }
                 crate::executor::ExecError::PlanChanged { .. }
                 | crate::executor::ExecError::Journal(crate::executor::journal::JournalError::Corrupt { .. }) => {
                     exit_code::JOURNAL_MISMATCH

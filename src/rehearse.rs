@@ -288,7 +288,7 @@ async fn run(
     let clock = Clock::scaled(options.from, options.time_scale);
     let recorder = Arc::new(Recorder { inner: observer, journal: journal_path.clone(), state: Mutex::default() });
     let run_options = Options {
-        journal: journal_path.clone(),
+        journal: executor::journal_store::Location::File(journal_path.clone()),
         force: false,
         break_lock: false,
         lock_namespace: "kube-system".into(),

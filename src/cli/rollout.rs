@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::executor::clock::Clock;
 use crate::executor::event::{Fanout, Observer};
 use crate::executor::journal::{self, Record};
+use crate::executor::journal_store::{self, Location};
 use crate::executor::retry::Patience;
 use crate::executor::steps::{HookSettings, WindowMode};
 use crate::executor::{self, Options, Outcome};
@@ -31,9 +32,9 @@ pub struct ApplyArgs {
     /// get it as KUBECONFIG too.
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
-    /// The journal; `.noderoll/<plan>.journal` beside the plan by default.
-    #[arg(long, value_name = "PATH")]
-    pub journal: Option<PathBuf>,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// Do not ask before the first change.
     #[arg(long, short)]
     pub yes: bool,
@@ -71,6 +72,40 @@ pub struct ApplyArgs {
     /// `--time-scale`, to try a window schedule against the simulator.
     #[arg(long, value_name = "INSTANT", requires = "time_scale", hide_short_help = true)]
     pub clock_start: Option<jiff::Timestamp>,
+}
+
+/// Where a rollout's journal is.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// The journal file; `.noderoll/<plan>.journal` beside the plan by default.
+    #[arg(long, value_name = "PATH")]
+    pub journal: Option<PathBuf>,
+    /// Keep the journal in this ConfigMap instead of a file (a rollout run inside the
+    /// cluster, whose pod has no lasting disk).
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "journal", value_parser = Location::config_map)]
+    pub journal_configmap: Option<Location>,
+}
+
+impl JournalArgs {
+    fn location(&self, plan: &Path) -> Location {
+        match (&self.journal_configmap, &self.journal) {
+            (Some(location), _) => location.clone(),
+            (None, Some(path)) => Location::File(path.clone()),
+            (None, None) => Location::File(journal::default_path(plan)),
+        }
+    }
+}
+
+/// Reads a journal; a ConfigMap through the kubeconfig's cluster.
+fn read_journal(location: &Location, kubeconfig: Option<&Path>) -> Result<journal::Replay> {
+    let replay = match location {
+        Location::File(path) => journal::read(path),
+        Location::ConfigMap { .. } => runtime()?.block_on(async {
+            let client = crate::client::connect(kubeconfig).await?;
+            Ok::<_, Error>(journal_store::read(location, &client, &Patience::default()).await)
+        })?,
+    };
+    replay.map_err(|e| Error::Exec(e.into()))
 }
 
 /// `noderoll rehearse`.
@@ -115,9 +150,12 @@ pub struct StatusArgs {
     /// The plan file (to find its journal).
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
-    /// The journal, if not the default one.
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+    /// The cluster's kubeconfig, for a journal kept in a ConfigMap.
     #[arg(long, value_name = "PATH")]
-    pub journal: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
     /// `text` or `json`.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -133,9 +171,12 @@ pub struct ApproveArgs {
     /// change you have made.
     #[arg(value_name = "NODE|STEP", required = true)]
     pub nodes: Vec<String>,
-    /// The journal, if not the default one.
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+    /// The cluster's kubeconfig, for a journal kept in a ConfigMap.
     #[arg(long, value_name = "PATH")]
-    pub journal: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 fn load(path: &Path) -> Result<(Plan, String)> {
@@ -236,7 +277,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
     let (plan, text) = load(&args.plan)?;
     let plan_dir = args.plan.parent().unwrap_or_else(|| Path::new("."));
     let dns = plan.load_balancer.dns.as_ref().map(|dns| crate::dns::provider(dns, plan_dir)).transpose()?;
-    let journal_path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
+    let journal_location = args.journal.location(&args.plan);
     let log_file =
         args.log_file.clone().unwrap_or_else(|| state_dir(&args.plan).join(format!("{}.log", plan_stem(&args.plan))));
     init_tracing(&log_file)?;
@@ -253,7 +294,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             env.push(("KUBECONFIG".into(), absolute.into_os_string()));
         }
         let options = Options {
-            journal: journal_path.clone(),
+            journal: journal_location.clone(),
             force: args.force,
             break_lock: args.break_lock,
             lock_namespace: args.lock_namespace.clone(),
@@ -268,7 +309,9 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             read_etcd: true,
             ask_resolvers: true,
         };
-        approvals_from_stdin(journal_path);
+        if let Location::File(path) = journal_location {
+            approvals_from_stdin(path);
+        }
         let mut observers = vec![observer(args.output)];
         if let Some(addr) = args.metrics_addr {
             let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -433,12 +476,11 @@ fn render_report(report: &Report, kept: bool) -> String {
 }
 
 pub(super) fn status(args: &StatusArgs) -> Result<i32> {
-    let path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
-    let replay = journal::read(&path).map_err(|e| Error::Exec(e.into()))?;
+    let location = args.journal.location(&args.plan);
+    let replay = read_journal(&location, args.kubeconfig.as_deref())?;
     if replay.records.is_empty() {
         return Err(Error::Unsupported(format!(
-            "no rollout has started: the journal {} does not exist or is empty",
-            path.display()
+            "no rollout has started: the journal {location} does not exist or is empty"
         )));
     }
     let mut nodes = Vec::new();
@@ -474,7 +516,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
     };
     let count = |state: &str| nodes.iter().filter(|n| n["state"] == state).count();
     let summary = serde_json::json!({
-        "plan": replay.plan_name, "journal": path.display().to_string(), "last": last,
+        "plan": replay.plan_name, "journal": location.to_string(), "last": last,
         "nodes": nodes.len(), "done": count("done"), "inProgress": count("in-progress"),
         "failed": count("failed"), "pending": count("pending"),
         "cordoned": nodes.iter().filter(|n| n["cordoned"] == true).map(|n| n["node"].clone()).collect::<Vec<_>>(),
@@ -509,8 +551,8 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
 }
 
 pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
-    let path = args.journal.clone().unwrap_or_else(|| journal::default_path(&args.plan));
-    let replay = journal::read(&path).map_err(|e| Error::Exec(e.into()))?;
+    let location = args.journal.location(&args.plan);
+    let replay = read_journal(&location, args.kubeconfig.as_deref())?;
     let known: Vec<&String> = replay.batches.iter().flat_map(|b| &b.nodes).collect();
     for key in &args.nodes {
         let (node, dns_step) = match key.split_once('/') {
@@ -523,11 +565,18 @@ pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
             None => (key.as_str(), false),
         };
         if !known.is_empty() && !known.iter().any(|k| *k == node) {
-            return Err(Error::Unsupported(format!("node `{node}` is not part of the rollout in {}", path.display())));
+            return Err(Error::Unsupported(format!("node `{node}` is not part of the rollout in {location}")));
         }
         let by = executor::lock::holder_identity();
-        journal::append_to_path(&path, &Record::Approved { at: journal::now(), node: key.clone(), by })
-            .map_err(|e| Error::Exec(e.into()))?;
+        let record = Record::Approved { at: journal::now(), node: key.clone(), by };
+        match &location {
+            Location::File(path) => journal::append_to_path(path, &record),
+            Location::ConfigMap { .. } => runtime()?.block_on(async {
+                let client = crate::client::connect(args.kubeconfig.as_deref()).await?;
+                Ok::<_, Error>(journal_store::append_once(&location, &client, &Patience::default(), &record).await)
+            })?,
+        }
+        .map_err(|e| Error::Exec(e.into()))?;
         if dns_step {
             println!("approved {key}: the running apply now waits until the resolvers serve the change");
         } else {

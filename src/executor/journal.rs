@@ -122,6 +122,40 @@ pub enum JournalError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The API server refused or failed a read or write of a ConfigMap journal.
+    #[error("cannot {action} the journal {location}: {source}")]
+    Api {
+        /// What was being done.
+        action: &'static str,
+        /// The journal.
+        location: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// Someone other than `noderoll approve` wrote the ConfigMap journal meanwhile.
+    #[error(
+        "the journal {location} was changed by another writer while this run held it (its resourceVersion moved and not only by approvals); another rollout of this plan may be running. Stopping before two rollouts race"
+    )]
+    Conflict {
+        /// The journal.
+        location: String,
+    },
+    /// The ConfigMap journal would outgrow an object's size limit.
+    #[error(
+        "the journal {location} would grow to {bytes} bytes compressed, past what a ConfigMap can hold; run this rollout with a file journal (`--journal` on a persistent volume)"
+    )]
+    Full {
+        /// The journal.
+        location: String,
+        /// Its compressed size with the new record.
+        bytes: usize,
+    },
+    /// There is no journal to add to.
+    #[error("the journal {location} does not exist; has the rollout started?")]
+    Missing {
+        /// The journal.
+        location: String,
+    },
     /// A complete line is not a record.
     #[error(
         "the journal {path} is damaged at line {line}: {message}; it is not safe to guess what happened, so move the file aside and check the cluster by hand (`noderoll status` reads the rest)"

@@ -14,13 +14,13 @@
 pub mod clock;
 pub mod event;
 pub mod journal;
+pub mod journal_store;
 pub mod lock;
 pub mod retry;
 pub mod steps;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::event::{BatchSize, Event, Failure, Observer};
-use self::journal::{Journal, JournalError, Record};
+use self::journal::{JournalError, Record};
+use self::journal_store::Store;
 use self::lock::LockError;
 use self::retry::Patience;
 use self::steps::{Context, HookSettings, StepError, WindowMode};
@@ -46,8 +47,8 @@ use crate::planner::{self, Action, Inventory, Planned, PlannerError, Step};
 /// How to run a rollout.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The journal file.
-    pub journal: PathBuf,
+    /// Where the journal is: a file, or a ConfigMap for a run inside the cluster.
+    pub journal: journal_store::Location,
     /// Accept a journal written for a different version of the plan.
     pub force: bool,
     /// Take the lock from a live holder.
@@ -109,7 +110,7 @@ pub enum ExecError {
     )]
     PlanChanged {
         /// The journal.
-        journal: PathBuf,
+        journal: String,
         /// A unified diff, journal's plan → plan now.
         diff: String,
     },
@@ -205,7 +206,7 @@ pub async fn apply(
     observer: Arc<dyn Observer>,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Outcome, ExecError> {
-    let replay = journal::read(&options.journal)?;
+    let replay = journal_store::read(&options.journal, &client, &options.patience).await?;
     let hash = plan_hash(plan_text);
     if let (Some(recorded), Some(text)) = (&replay.plan_hash, &replay.plan_text)
         && *recorded != hash
@@ -216,7 +217,7 @@ pub async fn apply(
             .context_radius(2)
             .header("plan in the journal", "plan now")
             .to_string();
-        return Err(ExecError::PlanChanged { journal: options.journal.clone(), diff });
+        return Err(ExecError::PlanChanged { journal: options.journal.to_string(), diff });
     }
     let holder = lock::holder_identity();
     let (guard, taken) = lock::acquire(
@@ -260,20 +261,22 @@ async fn run(
             .await
             .map_err(ExecError::Preflight)?;
     }
-    let mut journal = Journal::open(&options.journal, &replay)?;
-    journal.append(&Record::Begin {
-        at: journal::now(),
-        plan: plan.name.clone(),
-        plan_hash: hash,
-        plan_text: plan_text.to_owned(),
-        holder: lock::holder_identity(),
-        batches: planned
-            .batches
-            .iter()
-            .map(|b| journal::BatchNodes { name: b.name.clone(), nodes: b.nodes.clone() })
-            .collect(),
-    })?;
-    let journal = Arc::new(Mutex::new(journal));
+    let mut journal = Store::open(&options.journal, &client, &options.patience, &replay).await?;
+    journal
+        .append(&Record::Begin {
+            at: journal::now(),
+            plan: plan.name.clone(),
+            plan_hash: hash,
+            plan_text: plan_text.to_owned(),
+            holder: lock::holder_identity(),
+            batches: planned
+                .batches
+                .iter()
+                .map(|b| journal::BatchNodes { name: b.name.clone(), nodes: b.nodes.clone() })
+                .collect(),
+        })
+        .await?;
+    let journal = Arc::new(tokio::sync::Mutex::new(journal));
     let etcd = match &plan.quorum.etcd {
         Some(settings) if options.read_etcd => Some(crate::etcd::Etcd::new(settings)?),
         _ => None,
@@ -325,7 +328,7 @@ async fn run(
     let finished_count = done.iter().filter(|d| **d).count();
     observer.event(&Event::Started {
         plan: ctx.plan.name.clone(),
-        journal: options.journal.display().to_string(),
+        journal: options.journal.to_string(),
         batches: planned.batches.iter().map(|b| BatchSize { name: b.name.clone(), nodes: b.nodes.len() }).collect(),
         steps: graph.len(),
         done: finished_count,
@@ -386,7 +389,7 @@ async fn run(
             let Some(opens) = waiting_for else { break };
             let cordoned = cordoned_nodes(&planned, &launched, &done);
             if options.windows == WindowMode::Pause && window_seen {
-                append(&journal, &Record::Paused { at: journal::now(), opens: opens.to_string() })?;
+                append(&journal, &Record::Paused { at: journal::now(), opens: opens.to_string() }).await?;
                 observer.event(&Event::Paused {
                     opens: opens.to_string(),
                     cordoned: cordoned.clone(),
@@ -422,7 +425,7 @@ async fn run(
                 let step = graph.step(index);
                 match result {
                     Ok(detail) => {
-                        append(&journal, &Record::StepFinished { at: journal::now(), step: step.id.clone(), detail: detail.clone() })?;
+                        append(&journal, &Record::StepFinished { at: journal::now(), step: step.id.clone(), detail: detail.clone() }).await?;
                         ctx.finished.lock().unwrap_or_else(|e| e.into_inner()).insert(step.id.clone(), detail);
                         done[index.index()] = true;
                         for next in graph.successors(index) {
@@ -441,7 +444,7 @@ async fn run(
                     }
                     Err(error) => {
                         let message = error.to_string();
-                        append(&journal, &Record::StepFailed { at: journal::now(), step: step.id.clone(), error: message.clone() })?;
+                        append(&journal, &Record::StepFailed { at: journal::now(), step: step.id.clone(), error: message.clone() }).await?;
                         observer.event(&Event::StepFailed { step: step.id.clone(), node: step.node.clone(), error: message.clone() });
                         failures.push(Failure { step: step.id.clone(), error: message });
                         halting = true;
@@ -449,7 +452,7 @@ async fn run(
                 }
             }
             _ = poll.tick() => {
-                let new = journal.lock().unwrap_or_else(|e| e.into_inner()).new_approvals()?;
+                let new = journal.lock().await.new_approvals().await?;
                 if !new.is_empty() {
                     approvals.send_modify(|set| set.extend(new));
                 }
@@ -466,20 +469,20 @@ async fn run(
             () = &mut interrupt => {
                 let running_steps: Vec<String> = graph.steps().filter(|(i, _)| launched[i.index()] && !done[i.index()]).map(|(_, s)| s.id.clone()).collect();
                 running.shutdown().await;
-                append(&journal, &Record::Interrupted { at: journal::now() })?;
+                append(&journal, &Record::Interrupted { at: journal::now() }).await?;
                 observer.event(&Event::Interrupted { running: running_steps });
                 return Ok(Outcome::Interrupted);
             }
         }
     }
     if failures.is_empty() && done.iter().all(|d| *d) {
-        append(&journal, &Record::Finished { at: journal::now() })?;
+        append(&journal, &Record::Finished { at: journal::now() }).await?;
         observer.event(&Event::Finished { seconds: run_started.elapsed().as_secs_f64(), nodes: planned.chains.len() });
         return Ok(Outcome::Finished);
     }
     let cordoned = cordoned_nodes(&planned, &launched, &done);
     let reason = failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
-    append(&journal, &Record::Halted { at: journal::now(), reason })?;
+    append(&journal, &Record::Halted { at: journal::now(), reason }).await?;
     observer.event(&Event::Halted {
         failed: failures.clone(),
         cordoned: cordoned.clone(),
@@ -530,14 +533,14 @@ fn held_by_window(step: &Step, node_started: bool, window: Option<&WindowPlan>) 
     step.action == Action::Window || (step.node.is_some() && (halt || !node_started))
 }
 
-fn append(journal: &Mutex<Journal>, record: &Record) -> Result<(), JournalError> {
-    journal.lock().unwrap_or_else(|e| e.into_inner()).append(record)
+async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<(), JournalError> {
+    journal.lock().await.append(record).await
 }
 
 /// One step: prepare and journal its start (unless resuming it), then act.
 async fn run_step(
     ctx: Arc<Context>,
-    journal: Arc<Mutex<Journal>>,
+    journal: Arc<tokio::sync::Mutex<Store>>,
     index: NodeIndex,
     step: Step,
     resume: Option<Value>,
@@ -552,7 +555,8 @@ async fn run_step(
                 append(
                     &journal,
                     &Record::StepStarted { at: journal::now(), step: step.id.clone(), detail: detail.clone() },
-                )?;
+                )
+                .await?;
                 detail
             }
         };

@@ -4,6 +4,7 @@ mod check;
 mod distribution;
 mod dns;
 mod harness;
+mod incluster;
 mod knot;
 mod notify;
 mod preview;
