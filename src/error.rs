@@ -49,6 +49,9 @@ pub enum Error {
     /// The plan needs something this version cannot do yet.
     #[error("{0}")]
     Unsupported(String),
+    /// Manifests cannot be written for this plan.
+    #[error(transparent)]
+    Manifests(#[from] crate::manifests::ManifestError),
     /// Serializing output failed.
     #[error("cannot produce JSON output")]
     Json(#[from] serde_json::Error),
@@ -78,6 +81,7 @@ impl Error {
             | Error::Sim(_)
             | Error::Client { .. }
             | Error::Unsupported(_)
+            | Error::Manifests(_)
             | Error::Dns(_) => exit_code::FAILURE,
         }
     }

@@ -15,6 +15,7 @@ pub mod exit_code;
 pub mod http_client;
 pub mod inventory;
 pub mod labels;
+pub mod manifests;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

@@ -85,6 +85,23 @@ pub enum Command {
     Approve(rollout::ApproveArgs),
     /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
     Schema,
+    /// Print what a cluster needs to run the plan's rollout by itself in its maintenance
+    /// windows: ServiceAccount, least-privilege RBAC, the plan in a ConfigMap, and a CronJob
+    /// running `apply --until-window-end` with its journal in a ConfigMap.
+    Manifests {
+        /// The plan file.
+        #[arg(value_name = "PLAN")]
+        plan: PathBuf,
+        /// Namespace of the CronJob, its ServiceAccount, lock and journal (it must exist).
+        #[arg(long, default_value = "noderoll")]
+        namespace: String,
+        /// Container image with noderoll and what the plan's hooks run.
+        #[arg(long, default_value = concat!("noderoll:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// The CronJob's schedule (five cron fields) when the plan has no window.
+        #[arg(long, value_name = "CRON")]
+        schedule: Option<String>,
+    },
     /// Print a shell completion script (e.g. `noderoll completions bash > /etc/bash_completion.d/noderoll`).
     Completions {
         /// The shell.
@@ -242,6 +259,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Init { cluster, batch_size, name } => {
             let inventory = cluster.read()?;
             print!("{}", crate::plan::starter::starter(&name, &inventory, batch_size));
+            Ok(exit_code::SUCCESS)
+        }
+        Command::Manifests { plan: path, namespace, image, schedule } => {
+            let checked = plan::check_file(&path);
+            let Some(plan) = checked.plan else { return Err(Error::InvalidPlan(checked.diagnostics)) };
+            let text = checked.source.as_ref().map(|s| s.text().to_owned()).unwrap_or_default();
+            let options = crate::manifests::ManifestOptions { namespace, image, schedule };
+            print!("{}", crate::manifests::render(&plan, &text, &path, &options)?);
             Ok(exit_code::SUCCESS)
         }
         Command::Completions { shell } => {

@@ -54,6 +54,10 @@ pub struct ApplyArgs {
     /// Where tracing logs go; `.noderoll/<plan>.log` beside the plan by default.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// The folder for the log file and hook logs; `.noderoll` beside the plan by default
+    /// (give a writable one when the plan is on a read-only mount).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Stop (exit 0, `paused`) when the maintenance window closes and the nodes in progress
     /// are done, instead of waiting for the next window (started outside one, it first
     /// waits for the next): for a scheduled run (the CronJob of `noderoll manifests`) that
@@ -278,8 +282,8 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
     let plan_dir = args.plan.parent().unwrap_or_else(|| Path::new("."));
     let dns = plan.load_balancer.dns.as_ref().map(|dns| crate::dns::provider(dns, plan_dir)).transpose()?;
     let journal_location = args.journal.location(&args.plan);
-    let log_file =
-        args.log_file.clone().unwrap_or_else(|| state_dir(&args.plan).join(format!("{}.log", plan_stem(&args.plan))));
+    let state = args.state_dir.clone().unwrap_or_else(|| state_dir(&args.plan));
+    let log_file = args.log_file.clone().unwrap_or_else(|| state.join(format!("{}.log", plan_stem(&args.plan))));
     init_tracing(&log_file)?;
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -302,7 +306,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             patience: Patience::default(),
             windows: if args.until_window_end { WindowMode::Pause } else { WindowMode::Wait },
             hooks: HookSettings {
-                log_dir: state_dir(&args.plan).join(format!("{}.logs", plan_stem(&args.plan))),
+                log_dir: state.join(format!("{}.logs", plan_stem(&args.plan))),
                 env,
                 ..HookSettings::default()
             },

@@ -73,7 +73,7 @@ pub(crate) mod idx {
 }
 
 /// Every served resource type.
-pub(crate) static RESOURCES: [ResourceType; 12] = [
+pub(crate) static RESOURCES: [ResourceType; 18] = [
     ResourceType { has_status: true, ..resource("", "namespaces", "namespace", "Namespace", false, &["ns"]) },
     ResourceType {
         has_status: true,
@@ -107,6 +107,21 @@ pub(crate) static RESOURCES: [ResourceType; 12] = [
     },
     resource("coordination.k8s.io", "leases", "lease", "Lease", true, &[]),
     resource("events.k8s.io", "events", "event", "Event", true, &["ev"]),
+    // Stored and served back, with no behaviour: what `noderoll manifests` prints for an
+    // in-cluster rollout, so that kubectl can apply it here.
+    resource("", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"]),
+    resource("rbac.authorization.k8s.io", "clusterroles", "clusterrole", "ClusterRole", false, &[]),
+    resource(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+    ),
+    resource("rbac.authorization.k8s.io", "roles", "role", "Role", true, &[]),
+    resource("rbac.authorization.k8s.io", "rolebindings", "rolebinding", "RoleBinding", true, &[]),
+    ResourceType { has_status: true, ..resource("batch", "cronjobs", "cronjob", "CronJob", true, &["cj"]) },
 ];
 
 /// The resource served at `group/version/plural`.

@@ -6,6 +6,7 @@ mod dns;
 mod harness;
 mod incluster;
 mod knot;
+mod manifests;
 mod notify;
 mod preview;
 mod prometheus;
