@@ -7,7 +7,10 @@
 //!
 //! Each run draws the plan's shape (round-robin or single-record; workstations in one to
 //! three batches of 1 to 8 at a time), a fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a
-//! mix) and, at a random event, a 2 s outage of the whole API on top of it.
+//! mix) and, at a random event, a 2 s outage of the whole API on top of it. One run in six
+//! loses a workstation for good, one in six a control-plane node and its etcd member: such a
+//! rollout cannot finish, and must stop without taking a second member out, emptying the
+//! record or leaving another node cordoned; it is counted as needing a human.
 //!
 //! `cargo test` runs a short version (2 runs of a 13-node plan). The full suite:
 //! `cargo test --release --test chaos -- --runs 200 --workstations 27 --minutes 120`
@@ -74,6 +77,8 @@ struct Tally {
     not_upgraded: usize,
     broken_journal_lines: usize,
     extra_resumes: usize,
+    needed_a_human: usize,
+    lost_nodes: usize,
 }
 
 fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
@@ -106,18 +111,38 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let events = 2 * 9 * (3 + settings.workstations) as u64;
     let stop = 1 + random.below(events) as usize;
     let outage_at = 1 + random.below(events) as usize;
+    // Some runs lose a node for good at a random event (at the kill at the latest): a
+    // workstation that never comes back, or a control-plane node, and with it an etcd
+    // member. Such a rollout cannot finish; it must stop safely and say so.
+    let lost = match random.below(6) {
+        0 => Some(workstations[random.below(workstations.len() as u64) as usize].clone()),
+        1 => Some(format!("cp{}", 1 + random.below(3))),
+        _ => None,
+    };
+    let lost_at = 1 + random.below(events) as usize;
     let mut child = start_apply(&sim, &plan);
     let kubeconfig = sim.kubeconfig();
     let outage_args: Vec<String> = faults.iter().cloned().chain(["--outage".to_owned(), "2s".to_owned()]).collect();
+    let ctl = move |args: &[&str]| {
+        let _ = Command::new(assert_cmd::cargo::cargo_bin("noderoll"))
+            .args(["sim", "ctl", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
+    let node_lost = lost.clone();
     let killer = kill_when(&mut child, move |line, _| {
         if line == outage_at {
-            let _ = Command::new(assert_cmd::cargo::cargo_bin("noderoll"))
-                .args(["sim", "ctl", "--kubeconfig"])
-                .arg(&kubeconfig)
-                .arg("faults")
-                .args(&outage_args)
-                .stdout(std::process::Stdio::null())
-                .status();
+            let mut args = vec!["faults"];
+            args.extend(outage_args.iter().map(String::as_str));
+            ctl(&args);
+        }
+        if let Some(node) = node_lost.as_deref()
+            && (line == lost_at || (line == stop && lost_at > stop))
+        {
+            ctl(&["reboot", node, "--fails"]);
         }
         line == stop
     });
@@ -125,34 +150,52 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let killed = killer.join().expect("killer thread");
     let mut tally = Tally { violations: first.violations, ..Tally::default() };
     let mut resumes = 0;
-    loop {
+    // A lost node cannot be brought back by running apply again: one resume shows the
+    // rollout stops safely; without a loss, up to three resumes finish it.
+    let tries = if lost.is_some() { 1 } else { 3 };
+    let finished = loop {
         let resumed = roll_and_watch(&sim, &knot, &plan);
         tally.violations.extend(resumed.violations);
         resumes += 1;
-        if resumed.code == 0 || resumes == 3 {
-            if resumed.code != 0 {
+        let done = resumed.code == 0;
+        if done || resumes == tries {
+            if !done && lost.is_none() {
                 eprintln!("run {number}: still not finished after 3 resumes: {}", resumed.stderr.trim());
             }
-            break;
+            break done;
         }
-    }
+    };
     tally.extra_resumes = resumes - 1;
+    tally.needed_a_human = usize::from(!finished);
     sim.ctl(&["faults"]).success();
     let nodes = sim.nodes();
-    tally.left_cordoned =
-        nodes["items"].as_array().into_iter().flatten().filter(|n| n["spec"]["unschedulable"] == true).count();
-    tally.records_not_restored = usize::from(knot.answer() != before);
+    // The lost node may stay cordoned: it never came back, and it is not served again.
+    tally.left_cordoned = nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["spec"]["unschedulable"] == true && n["metadata"]["name"].as_str() != lost.as_deref())
+        .count();
     let reboots = sim.state()["reboots"].as_object().cloned().unwrap_or_default();
-    tally.upgraded_twice = reboots.values().filter(|r| r.as_u64().unwrap_or(0) > 1).count();
-    tally.not_upgraded = (3 + settings.workstations).saturating_sub(reboots.len());
+    tally.upgraded_twice = reboots
+        .iter()
+        .filter(|(node, r)| r.as_u64().unwrap_or(0) > 1 && Some(node.as_str()) != lost.as_deref())
+        .count();
+    if lost.is_none() {
+        tally.records_not_restored = usize::from(knot.answer() != before);
+        tally.not_upgraded = (3 + settings.workstations).saturating_sub(reboots.len());
+    }
     let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).unwrap_or_default();
     tally.broken_journal_lines = journal.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).count();
     eprintln!(
-        "run {number}: {strategy}, {batches} workstation batch(es), faults {:?}, {} at event {stop}, outage at event {outage_at}, {resumes} resume(s), {} violation(s)",
+        "run {number}: {strategy}, {batches} workstation batch(es), faults {:?}, {} at event {stop}, outage at event {outage_at}, {}, {resumes} resume(s), {}, {} violation(s)",
         faults,
         if killed { "killed" } else { "finished before the kill" },
+        lost.as_deref().map_or_else(|| "no node lost".to_owned(), |n| format!("{n} lost at event {lost_at}")),
+        if finished { "finished" } else { "stopped: needs a human" },
         tally.violations.len()
     );
+    tally.lost_nodes = usize::from(lost.is_some());
     tally
 }
 
@@ -182,6 +225,8 @@ fn main() {
         total.not_upgraded += tally.not_upgraded;
         total.broken_journal_lines += tally.broken_journal_lines;
         total.extra_resumes += tally.extra_resumes;
+        total.needed_a_human += tally.needed_a_human;
+        total.lost_nodes += tally.lost_nodes;
         done += 1;
     }
     let safety = [
@@ -197,6 +242,10 @@ fn main() {
         println!("  {what}: {count}");
     }
     println!("  resumes beyond the first (a human would have run apply again): {}", total.extra_resumes);
+    println!(
+        "  rollouts that stopped and need a human: {} (runs that lost a node for good: {})",
+        total.needed_a_human, total.lost_nodes
+    );
     if safety.iter().any(|(_, count)| *count > 0) {
         std::process::exit(1);
     }

@@ -160,7 +160,7 @@ pub enum CtlAction {
         /// Simulated downtime; the simulator's --reboot-time otherwise.
         #[arg(long, value_name = "DURATION")]
         down_for: Option<String>,
-        /// The node never comes back.
+        /// The node never comes back, whatever reboots or upgrades follow.
         #[arg(long)]
         fails: bool,
     },
@@ -181,7 +181,7 @@ pub enum CtlAction {
         /// Simulated downtime of the reboot.
         #[arg(long, value_name = "DURATION")]
         down_for: Option<String>,
-        /// The node never comes back.
+        /// The node never comes back, whatever reboots or upgrades follow.
         #[arg(long)]
         fails: bool,
     },

@@ -63,6 +63,8 @@ pub(crate) struct Maintenance {
     pub(crate) generation: u64,
     pub(crate) kubelet_version: Option<String>,
     pub(crate) os_image: Option<String>,
+    /// The node failed for good: later reboots and upgrades do not bring it back.
+    pub(crate) lost: bool,
 }
 
 /// The whole simulated cluster; callers hold it behind one lock.
@@ -400,9 +402,11 @@ impl Cluster {
         }
         let maintenance = self.maintenance.entry(name.to_owned()).or_default();
         maintenance.generation += 1;
+        maintenance.lost |= stays_down;
         let generation = maintenance.generation;
+        let lost = maintenance.lost;
         self.set_node_ready(name, false, "KubeletNotReady", "node is rebooting (simulated)");
-        if !stays_down {
+        if !lost {
             self.at(down_for, Timer::NodeBack { name: name.to_owned(), generation });
         }
         Ok(())

@@ -33,7 +33,7 @@ pub struct UpgradeRequest {
     /// Simulated time the node is down for its reboot; the simulator's default otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_for: Option<String>,
-    /// The node never comes back.
+    /// The node never comes back, whatever reboots or upgrades follow.
     #[serde(default)]
     pub fails: bool,
 }
@@ -45,7 +45,7 @@ pub struct RebootRequest {
     /// Simulated time the node is down; the simulator's default otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_for: Option<String>,
-    /// The node never comes back.
+    /// The node never comes back, whatever reboots or upgrades follow.
     #[serde(default)]
     pub fails: bool,
 }

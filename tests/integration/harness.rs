@@ -260,7 +260,7 @@ pub(crate) fn small_plan(dir: &Path, name: &str, spec_extra: &str, upgrade: &str
     std::fs::write(
         &path,
         format!(
-            "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  {spec_extra}\n  defaults:\n    upgrade: {{command: {upgrade}}}\n    verify: {{kubeletVersion: v1.31.4+k3s1}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3]}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}}\n"
+            "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  {spec_extra}\n  defaults:\n    upgrade: {{command: {upgrade}}}\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3]}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}}\n"
         ),
     )
     .expect("write plan");

@@ -155,23 +155,43 @@ pub(crate) fn cordoned(sim: &SimProcess) -> BTreeSet<String> {
 
 /// `cordoned`, or `None` when the API answered with an error (the chaos suite injects them).
 pub(crate) fn try_cordoned(sim: &SimProcess) -> Option<BTreeSet<String>> {
+    try_service_nodes(sim).map(|s| s.cordoned)
+}
+
+/// Service nodes out of service as the API server shows them.
+pub(crate) struct ServiceNodes {
+    /// Cordoned (taken out by the rollout).
+    pub(crate) cordoned: BTreeSet<String>,
+    /// Not Ready (rebooting, or lost).
+    pub(crate) not_ready: BTreeSet<String>,
+}
+
+/// The service nodes (cp*) cordoned or not Ready, if kubectl could ask.
+pub(crate) fn try_service_nodes(sim: &SimProcess) -> Option<ServiceNodes> {
     let out = sim.kubectl(&[
         "get",
         "nodes",
         "-o",
-        "jsonpath={range .items[*]}{.metadata.name}={.spec.unschedulable}{\"\\n\"}{end}",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.unschedulable}={.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
     ]);
     if !out.status.success() {
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let cordoned = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .filter(|(name, value)| name.starts_with("cp") && *value == "true")
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    Some(cordoned)
+    let mut nodes = ServiceNodes { cordoned: BTreeSet::new(), not_ready: BTreeSet::new() };
+    for line in text.lines().filter(|l| l.starts_with("cp")) {
+        let mut fields = line.split('=');
+        let (Some(name), Some(unschedulable), Some(ready)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        if unschedulable == "true" {
+            nodes.cordoned.insert(name.to_owned());
+        }
+        if ready != "True" {
+            nodes.not_ready.insert(name.to_owned());
+        }
+    }
+    Some(nodes)
 }
 
 pub(crate) fn address_of(node: &str) -> String {
@@ -190,7 +210,7 @@ pub(crate) fn servicelb_plan(
     batches_extra: &str,
 ) -> PathBuf {
     let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns_extra}  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches_extra}"
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns_extra}  quorum: {{timeout: 20s}}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 20s}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches_extra}"
     );
     let path = dir.join("dns.yaml");
     std::fs::write(&path, text).expect("write plan");
@@ -230,7 +250,7 @@ pub(crate) struct Watched {
     /// Service nodes seen cordoned (and, so, out of the record).
     pub(crate) seen_out: BTreeSet<String>,
     /// Broken promises: an empty record, a cordoned node still served, more service nodes
-    /// cordoned at once than etcd quorum allows.
+    /// out (cordoned or not Ready) at once than etcd quorum allows.
     pub(crate) violations: Vec<String>,
 }
 
@@ -247,17 +267,24 @@ pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched 
     while child.try_wait().expect("poll apply").is_none() {
         // Cordoned before and after the question: cordoned throughout it, since a node is
         // cordoned once per rollout; its address must not be served meanwhile.
-        let first = try_cordoned(sim);
+        let first = try_service_nodes(sim);
         let served = knot.addresses();
-        let second = try_cordoned(sim);
+        let second = try_service_nodes(sim);
         let (Some(first), Some(second)) = (first, second) else { continue };
         samples += 1;
         if served.is_empty() {
             violations.push(format!("sample {samples}: {RECORD} served no address"));
         }
-        let out: BTreeSet<&String> = first.intersection(&second).collect();
-        if out.len() > 1 {
-            violations.push(format!("sample {samples}: {} etcd members' nodes cordoned at once: {out:?}", out.len()));
+        // Out of service throughout the question: cordoned by the rollout, or down (a
+        // reboot, or a member lost to a fault). More than one at once loses quorum.
+        let down: BTreeSet<&String> = first.not_ready.intersection(&second.not_ready).collect();
+        let out: BTreeSet<&String> = first.cordoned.intersection(&second.cordoned).collect();
+        let members_out: BTreeSet<&String> = out.union(&down).copied().collect();
+        if members_out.len() > 1 {
+            violations.push(format!(
+                "sample {samples}: {} etcd members' nodes out at once (cordoned {out:?}, not Ready {down:?})",
+                members_out.len()
+            ));
         }
         for node in out {
             if served.contains(&address_of(node)) {

@@ -220,3 +220,34 @@ fn a_member_that_never_comes_back_halts_with_its_node_cordoned() {
         journal.contains("\"step-failed\"") && journal.contains("cp1/wait-ready") && journal.contains("\"halted\"")
     );
 }
+
+#[test]
+fn without_etcd_endpoints_a_control_plane_node_lost_mid_batch_stops_the_next_one() {
+    // No `quorum.etcd`: etcd-role nodes' readiness stands in for member health. cp3 dies
+    // for good while cp1 is upgraded; taking cp2 out then would leave one member of three.
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan =
+        crate::harness::small_plan(sim.dir.path(), "lossy", "quorum: {timeout: 3s}", crate::harness::SIM_UPGRADE);
+    let mut child = apply(&sim, &plan);
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut lines = stdout.lines().map_while(Result::ok);
+    assert!(
+        lines.by_ref().any(|l| l.contains("\"step-started\"") && l.contains("\"cp1/upgrade\"")),
+        "cp1's upgrade starts"
+    );
+    sim.ctl(&["reboot", "cp3", "--fails"]).success();
+    let rest: Vec<Value> = lines.filter_map(|l| serde_json::from_str(&l).ok()).collect();
+    let status = child.wait().expect("apply exits");
+    assert_eq!(status.code(), Some(4), "{:?}", rest.last());
+    assert!(
+        !rest.iter().any(|e| e["event"] == "step-finished" && e["node"] == "cp2"),
+        "cp2 was not taken out while cp3 is down"
+    );
+    let failed = rest.iter().find(|e| e["event"] == "step-failed").expect("a step failed");
+    assert_eq!(failed["step"], "cp2/cordon", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap_or_default().contains("cp3"),
+        "the error names the lost member's node: {failed}"
+    );
+    assert!(!unschedulable(&sim, "cp1") && !unschedulable(&sim, "cp2"), "cp1 finished, cp2 untouched");
+}

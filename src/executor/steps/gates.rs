@@ -37,7 +37,7 @@ pub(super) async fn quorum(ctx: &Context, step: &Step) -> Result<Value, StepErro
     if ctx.etcd.is_some() {
         return wait_for_etcd(ctx, step, None).await;
     }
-    ready_etcd_nodes(ctx, step).await
+    ready_etcd_nodes(ctx, step, None).await
 }
 
 /// The node's own etcd members, and the node's addresses, to match members by.
@@ -126,10 +126,15 @@ async fn wait_for_etcd(ctx: &Context, step: &Step, leaving: Option<&str>) -> Res
     .await
 }
 
-/// Before a service node leaves service: etcd can lose its member.
+/// Before a service node leaves service: etcd can lose its member. Without etcd
+/// endpoints, every other etcd-role node must be Ready (a member lost since the batch began
+/// would otherwise go unnoticed, and this node would be the second one out).
 pub(super) async fn etcd_before_leaving(ctx: &Context, step: &Step) -> Result<(), StepError> {
     let node = step.node.as_deref().unwrap_or_default();
-    wait_for_etcd(ctx, step, Some(node)).await.map(|_| ())
+    if ctx.etcd.is_some() {
+        return wait_for_etcd(ctx, step, Some(node)).await.map(|_| ());
+    }
+    ready_etcd_nodes(ctx, step, Some(node)).await.map(|_| ())
 }
 
 /// After a service node is back: its member is healthy and has caught up with the leader's
@@ -163,8 +168,9 @@ pub(super) async fn etcd_after_return(ctx: &Context, step: &Step) -> Result<(), 
     .map(|_| ())
 }
 
-/// The Kubernetes fallback: every node with the etcd role label Ready.
-async fn ready_etcd_nodes(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+/// The Kubernetes fallback: every node with the etcd role label Ready, but `leaving` (the
+/// node about to go, whose own state does not matter).
+async fn ready_etcd_nodes(ctx: &Context, step: &Step, leaving: Option<&str>) -> Result<Value, StepError> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().labels(ETCD_ROLE);
     let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
@@ -173,7 +179,13 @@ async fn ready_etcd_nodes(ctx: &Context, step: &Step) -> Result<Value, StepError
     let deadline = tokio::time::sleep(ctx.real(timeout));
     tokio::pin!(deadline);
     let unready = |members: &Mirror<Node>| -> Vec<String> {
-        members.items.values().filter(|n| !is_ready(n)).filter_map(|n| n.metadata.name.clone()).collect()
+        members
+            .items
+            .values()
+            .filter(|n| !is_ready(n))
+            .filter_map(|n| n.metadata.name.clone())
+            .filter(|name| Some(name.as_str()) != leaving)
+            .collect()
     };
     loop {
         tokio::select! {
