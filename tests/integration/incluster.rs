@@ -35,14 +35,20 @@ fn journal_lines(sim: &SimProcess) -> (Value, Vec<Value>) {
     (object, lines)
 }
 
-#[test]
-fn a_configmap_journal_takes_approvals_survives_kill_9_and_reports_status() {
-    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
-    let plan = small_plan(sim.dir.path(), "incluster", "", SIM_UPGRADE);
+/// A small plan whose control-plane nodes each wait for approval before their uncordon.
+fn approving_plan(sim: &SimProcess, name: &str) -> std::path::PathBuf {
+    let plan = small_plan(sim.dir.path(), name, "", SIM_UPGRADE);
     let text = std::fs::read_to_string(&plan)
         .expect("read")
         .replace("nodes: [cp1, cp2, cp3]}", "nodes: [cp1, cp2, cp3], uncordon: approve}");
     std::fs::write(&plan, text).expect("write");
+    plan
+}
+
+#[test]
+fn a_configmap_journal_takes_approvals_survives_kill_9_and_reports_status() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = approving_plan(&sim, "incluster");
     let args = ["--journal-configmap", JOURNAL];
 
     // First run: killed at the second approval prompt (cp1 approved through the API).
@@ -84,11 +90,7 @@ fn a_configmap_journal_takes_approvals_survives_kill_9_and_reports_status() {
 #[test]
 fn a_second_writer_wins_and_the_running_rollout_stops() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
-    let plan = small_plan(sim.dir.path(), "raced", "", SIM_UPGRADE);
-    let text = std::fs::read_to_string(&plan)
-        .expect("read")
-        .replace("nodes: [cp1, cp2, cp3]}", "nodes: [cp1, cp2, cp3], uncordon: approve}");
-    std::fs::write(&plan, text).expect("write");
+    let plan = approving_plan(&sim, "raced");
     let mut child = apply_via(&sim.kubeconfig(), &plan, &["--journal-configmap", JOURNAL])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
