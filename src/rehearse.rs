@@ -24,10 +24,6 @@ use crate::plan::resolved::Members;
 use crate::plan::template::CommandTemplate;
 use crate::sim::{GenerateOptions, NodeSpec, Population, SimConfig, Simulator};
 
-/// The TTL of the rehearsal's in-memory record when the plan sets none: what k3s users
-/// commonly give a record in front of a load balancer.
-const SIMULATED_TTL: u32 = 60;
-
 /// How to rehearse.
 #[derive(Debug, Clone)]
 pub struct RehearseOptions {
@@ -280,7 +276,11 @@ async fn run(
                 context: "find the service nodes' addresses".into(),
                 message: e.to_string(),
             })?;
-            Some(Arc::new(SimulatedDns::new(&dns.name, addresses, dns.ttl.unwrap_or(SIMULATED_TTL))))
+            Some(Arc::new(SimulatedDns::new(
+                &dns.name,
+                addresses,
+                dns.ttl.unwrap_or(crate::plan::resolved::ASSUMED_TTL),
+            )))
         }
         None => None,
     };
