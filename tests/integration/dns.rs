@@ -59,8 +59,9 @@ fn changes(events: &[Value]) -> Vec<String> {
 fn a_round_robin_rollout_keeps_the_record_served_and_each_node_out_of_it_while_cordoned() {
     let (sim, knot, before, dir) = setup(&initial());
     let plan = plan(dir.path(), &rfc2136(dir.path(), &knot, KEY), "");
-    let Watched { code, events, stderr, seen_out, violations } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events, stderr, seen_out, violations, double_outages } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(double_outages, 0, "with no node lost, never two control-plane nodes out");
     assert_eq!(code, 0, "apply failed: {stderr}");
     assert_eq!(seen_out.len(), 3, "every service node was seen cordoned and out of the record: {seen_out:?}");
     assert_eq!(knot.answer(), before, "the record ends as it began, TTLs included");
@@ -77,7 +78,7 @@ fn an_hmac_sha512_key_signs_the_updates_too() {
     let before = knot.answer();
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = plan(dir.path(), &rfc2136_keyed(dir.path(), &knot, KEY, "hmac-sha512"), "");
-    let Watched { code, events, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events, stderr, violations, .. } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(changes(&events).len(), 6);
@@ -88,7 +89,7 @@ fn an_hmac_sha512_key_signs_the_updates_too() {
 fn a_single_record_is_repointed_while_its_node_is_out_and_moved_back() {
     let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
     let plan = plan_with(dir.path(), "single-record", &rfc2136(dir.path(), &knot, KEY), "");
-    let Watched { code, events, stderr, seen_out, violations } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events, stderr, seen_out, violations, .. } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "apply failed: {stderr}");
     assert!(seen_out.contains("cp1"), "cp1 was seen cordoned with the record elsewhere: {seen_out:?}");
@@ -111,7 +112,7 @@ fn a_rollout_killed_while_the_record_is_repointed_resumes_and_moves_it_back() {
     assert!(repointed, "the repoint was reported");
     let _ = child.wait();
     assert_eq!(knot.addresses(), BTreeSet::from(["10.0.0.12".to_owned()]), "killed while repointed");
-    let Watched { code, events: _, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, stderr, violations, .. } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "the resume finishes: {stderr}");
     sim.assert_upgraded_once(3);
@@ -146,7 +147,7 @@ fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
         let mut child = start_apply(&sim, &plan);
         let stop = 1 + random.below(30) as usize;
         let killer = kill_when(&mut child, move |line, _| line == stop);
-        let Watched { code, events: _, stderr, seen_out: _, violations } = watch(&sim, &knot, child);
+        let Watched { code, stderr, violations, .. } = watch(&sim, &knot, child);
         assert!(violations.is_empty(), "{violations:?}");
         let killed = killer.join().expect("killer thread");
         assert!(
@@ -155,7 +156,7 @@ fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
         );
         assert!(code == -1 || code == 0, "seed {seed}, kill {kill} at event {stop} (killed: {killed}): {stderr}");
     }
-    let Watched { code, events: _, stderr, seen_out: _, violations } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, stderr, violations, .. } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "seed {seed}: the last resume finishes: {stderr}");
     sim.assert_upgraded_once(3);
@@ -234,7 +235,7 @@ fn the_command_provider_runs_the_plans_commands_and_waits_for_the_resolver() {
         script("add", "1")
     );
     let plan = plan(dir.path(), &provider, &format!("      resolvers: [\"{}\"]\n", knot.server()));
-    let Watched { code, events: _, stderr, seen_out, violations } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, stderr, seen_out, violations, .. } = roll_and_watch(&sim, &knot, &plan);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(seen_out.len(), 3, "{seen_out:?}");

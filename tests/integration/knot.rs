@@ -159,6 +159,7 @@ pub(crate) fn try_cordoned(sim: &SimProcess) -> Option<BTreeSet<String>> {
 }
 
 /// Service nodes out of service as the API server shows them.
+#[derive(Clone)]
 pub(crate) struct ServiceNodes {
     /// Cordoned (taken out by the rollout).
     pub(crate) cordoned: BTreeSet<String>,
@@ -249,9 +250,11 @@ pub(crate) struct Watched {
     pub(crate) stderr: String,
     /// Service nodes seen cordoned (and, so, out of the record).
     pub(crate) seen_out: BTreeSet<String>,
-    /// Broken promises: an empty record, a cordoned node still served, more service nodes
-    /// out (cordoned or not Ready) at once than etcd quorum allows.
+    /// Broken promises: an empty record, a cordoned node still served, two service nodes
+    /// cordoned at once, one taken out while another was down.
     pub(crate) violations: Vec<String>,
+    /// Samples with two service nodes out at once through a loss during the rollout.
+    pub(crate) double_outages: usize,
 }
 
 /// Runs apply to its end, asking knotd and the API server over and over what they hold.
@@ -264,6 +267,8 @@ pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched 
     let mut seen_out: BTreeSet<String> = BTreeSet::new();
     let mut violations = Vec::new();
     let mut samples = 0;
+    let mut previous: Option<ServiceNodes> = None;
+    let mut double_outages = 0;
     while child.try_wait().expect("poll apply").is_none() {
         // Cordoned before and after the question: cordoned throughout it, since a node is
         // cordoned once per rollout; its address must not be served meanwhile.
@@ -276,16 +281,29 @@ pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched 
             violations.push(format!("sample {samples}: {RECORD} served no address"));
         }
         // Out of service throughout the question: cordoned by the rollout, or down (a
-        // reboot, or a member lost to a fault). More than one at once loses quorum.
+        // reboot, or a member lost to a fault).
         let down: BTreeSet<&String> = first.not_ready.intersection(&second.not_ready).collect();
         let out: BTreeSet<&String> = first.cordoned.intersection(&second.cordoned).collect();
-        let members_out: BTreeSet<&String> = out.union(&down).copied().collect();
-        if members_out.len() > 1 {
-            violations.push(format!(
-                "sample {samples}: {} etcd members' nodes out at once (cordoned {out:?}, not Ready {down:?})",
-                members_out.len()
-            ));
+        if out.len() > 1 {
+            violations.push(format!("sample {samples}: {} etcd members' nodes cordoned at once: {out:?}", out.len()));
         }
+        // Taking a member out while another is already down loses quorum: a node cordoned
+        // since the last sample, when another was down and not cordoned by the rollout.
+        if let Some(before) = &previous {
+            for node in second.cordoned.difference(&before.cordoned) {
+                let already: Vec<&String> =
+                    before.not_ready.iter().filter(|n| *n != node && !before.cordoned.contains(*n)).collect();
+                if !already.is_empty() {
+                    violations.push(format!("sample {samples}: {node} was taken out while {already:?} was down"));
+                }
+            }
+        }
+        // Two out at once can also be a member lost while the rollout has one out, which
+        // no rollout can prevent: counted, not a violation.
+        if out.union(&down).count() > 1 {
+            double_outages += 1;
+        }
+        previous = Some(second.clone());
         for node in out {
             if served.contains(&address_of(node)) {
                 violations.push(format!("sample {samples}: {node} is cordoned but {RECORD} still serves its address"));
@@ -294,5 +312,5 @@ pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched 
         }
     }
     let (code, events, stderr) = finish(child);
-    Watched { code, events, stderr, seen_out, violations }
+    Watched { code, events, stderr, seen_out, violations, double_outages }
 }
