@@ -103,24 +103,8 @@ impl Store {
     ) -> Result<Store, JournalError> {
         match location {
             Location::File(path) => Ok(Store::File(Journal::open(path, replay)?)),
-            Location::ConfigMap { namespace, name } => {
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-                let (text, version) = fetch(location, client, patience).await?;
-                let version = match version {
-                    Some(v) => v,
-                    None => create(&api, location, name, patience).await?,
-                };
-                Ok(Store::ConfigMap(Box::new(ConfigMapJournal {
-                    client: client.clone(),
-                    api,
-                    location: location.clone(),
-                    name: name.clone(),
-                    patience: patience.clone(),
-                    text,
-                    version,
-                    approvals: Vec::new(),
-                    last_poll: None,
-                })))
+            Location::ConfigMap { .. } => {
+                Ok(Store::ConfigMap(Box::new(ConfigMapJournal::open(location, client, patience, true).await?)))
             }
         }
     }
@@ -153,12 +137,7 @@ pub async fn append_once(
     match location {
         Location::File(path) => journal::append_to_path(path, record),
         Location::ConfigMap { .. } => {
-            let replay = read(location, client, patience).await?;
-            if replay.records.is_empty() {
-                return Err(JournalError::Missing { location: location.to_string() });
-            }
-            let mut store = Store::open(location, client, patience, &replay).await?;
-            store.append(record).await
+            ConfigMapJournal::open(location, client, patience, false).await?.append(record).await
         }
     }
 }
@@ -180,6 +159,37 @@ pub struct ConfigMapJournal {
 }
 
 impl ConfigMapJournal {
+    /// Reads the ConfigMap once. A missing one is created when `create` (a rollout
+    /// starting); otherwise a missing or empty journal is an error (nothing to add to).
+    async fn open(
+        location: &Location,
+        client: &kube::Client,
+        patience: &Patience,
+        create: bool,
+    ) -> Result<ConfigMapJournal, JournalError> {
+        let Location::ConfigMap { namespace, name } = location else {
+            return Err(JournalError::Missing { location: location.to_string() });
+        };
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let (text, version) = fetch(location, client, patience).await?;
+        let version = match version {
+            Some(v) if create || !text.trim().is_empty() => v,
+            None if create => create_config_map(&api, location, name, patience).await?,
+            _ => return Err(JournalError::Missing { location: location.to_string() }),
+        };
+        Ok(ConfigMapJournal {
+            client: client.clone(),
+            api,
+            location: location.clone(),
+            name: name.clone(),
+            patience: patience.clone(),
+            text,
+            version,
+            approvals: Vec::new(),
+            last_poll: None,
+        })
+    }
+
     async fn append(&mut self, record: &Record) -> Result<(), JournalError> {
         let line = serde_json::to_string(record).map_err(|e| self.error("encode a record for", e.to_string()))?;
         let params = PostParams::default();
@@ -288,7 +298,7 @@ async fn fetch(
 }
 
 /// Creates the empty ConfigMap; if another process created it first, reads its version.
-async fn create(
+async fn create_config_map(
     api: &Api<ConfigMap>,
     location: &Location,
     name: &str,
