@@ -251,3 +251,90 @@ fn without_etcd_endpoints_a_control_plane_node_lost_mid_batch_stops_the_next_one
     );
     assert!(!unschedulable(&sim, "cp1") && !unschedulable(&sim, "cp2"), "cp1 finished, cp2 untouched");
 }
+
+/// A Deployment pinned to `node` with a budget allowing no disruption: the node's drain
+/// waits until the budget `hold` is deleted.
+fn hold_drain_of(sim: &SimProcess, node: &str) {
+    sim.create(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: pinned, namespace: juno}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: pinned}}}}\n  template:\n    metadata: {{labels: {{app: pinned}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {node}}}\n      containers: [{{name: app, image: example.invalid/pinned:1}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: hold, namespace: juno}}\nspec: {{maxUnavailable: 0, selector: {{matchLabels: {{app: pinned}}}}}}\n"
+    ));
+}
+
+/// Runs apply until `node`'s drain is held by the budget `hold`, calls `lose` there (after
+/// the node's chain began, and so after its first quorum check), releases the drain and
+/// returns apply's exit code and every event.
+fn lose_a_member_during_the_drain_of(
+    sim: &SimProcess,
+    plan: &Path,
+    node: &str,
+    lose: impl FnOnce(),
+) -> (i32, Vec<Value>) {
+    let mut child = apply(sim, plan);
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut events: Vec<Value> = Vec::new();
+    let mut lines = stdout.lines().map_while(Result::ok);
+    let drain = format!("{node}/drain");
+    for line in lines.by_ref() {
+        let event: Value = serde_json::from_str(&line).unwrap_or_default();
+        let held = event["event"] == "step-progress"
+            && event["step"] == drain.as_str()
+            && event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("held by a disruption budget") && !m.contains(" 0 held"));
+        events.push(event);
+        if held {
+            break;
+        }
+    }
+    assert!(
+        events.iter().any(|e| e["event"] == "step-progress" && e["step"] == drain.as_str()),
+        "{node}'s drain was held: {events:?}"
+    );
+    lose();
+    sim.kubectl_ok(&["delete", "pdb", "-n", "juno", "hold"]);
+    events.extend(lines.filter_map(|l| serde_json::from_str(&l).ok()));
+    let status = child.wait().expect("apply exits");
+    (status.code().unwrap_or(-1), events)
+}
+
+/// The run halted at `node`'s upgrade, naming `lost`, without taking `node` down.
+fn assert_the_upgrade_was_refused(sim: &SimProcess, code: i32, events: &[Value], node: &str, lost: &str) {
+    assert_eq!(code, 4, "{:?}", events.last());
+    assert!(
+        events.iter().any(|e| e["event"] == "step-finished" && e["step"] == format!("{node}/drain")),
+        "the drain finished once released"
+    );
+    let failed = events.iter().find(|e| e["event"] == "step-failed").expect("a step failed");
+    assert_eq!(failed["step"], format!("{node}/upgrade"), "{failed}");
+    assert!(failed["error"].as_str().unwrap_or_default().contains(lost), "the error names {lost}: {failed}");
+    let reboots = sim.state()["reboots"].clone();
+    assert!(reboots.get(node).is_none(), "{node} was not taken down: {reboots}");
+    assert!(unschedulable(sim, node), "{node} stays cordoned, as the halt says");
+    let halted = events.iter().find(|e| e["event"] == "halted").expect("halted");
+    assert!(halted.to_string().contains(node), "the halt names {node}: {halted}");
+}
+
+#[test]
+fn a_member_lost_during_the_drain_stops_the_upgrade() {
+    // The quorum check before cp2's chain passed; cp3's member dies while cp2 drains. The
+    // upgrade, which takes cp2's member down, must see it.
+    let mut etcd = EtcdCluster::start();
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    hold_drain_of(&sim, "cp2");
+    let plan = plan(sim.dir.path(), &etcd, "3s");
+    let (code, events) = lose_a_member_during_the_drain_of(&sim, &plan, "cp2", || etcd.kill(2));
+    assert_the_upgrade_was_refused(&sim, code, &events, "cp2", "cp3");
+}
+
+#[test]
+fn without_etcd_endpoints_a_control_plane_node_lost_during_the_drain_stops_the_upgrade() {
+    // Run 35 of the chaos suite of 2026-11-25: cp3 was lost after cp2's chain began.
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    hold_drain_of(&sim, "cp2");
+    let plan =
+        crate::harness::small_plan(sim.dir.path(), "lossy", "quorum: {timeout: 3s}", crate::harness::SIM_UPGRADE);
+    let (code, events) = lose_a_member_during_the_drain_of(&sim, &plan, "cp2", || {
+        sim.ctl(&["reboot", "cp3", "--fails"]).success();
+    });
+    assert_the_upgrade_was_refused(&sim, code, &events, "cp2", "cp3");
+}

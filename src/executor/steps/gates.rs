@@ -126,9 +126,10 @@ async fn wait_for_etcd(ctx: &Context, step: &Step, leaving: Option<&str>) -> Res
     .await
 }
 
-/// Before a service node leaves service: etcd can lose its member. Without etcd
-/// endpoints, every other etcd-role node must be Ready (a member lost since the batch began
-/// would otherwise go unnoticed, and this node would be the second one out).
+/// Before a service node leaves service, and again before its upgrade takes its member
+/// down: etcd can lose its member. Without etcd endpoints, every other etcd-role node must
+/// be Ready (a member lost since the batch began would otherwise go unnoticed, and this
+/// node would be the second one out).
 pub(super) async fn etcd_before_leaving(ctx: &Context, step: &Step) -> Result<(), StepError> {
     let node = step.node.as_deref().unwrap_or_default();
     if ctx.etcd.is_some() {

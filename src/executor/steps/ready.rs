@@ -8,7 +8,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use super::hook::{self, Hook};
-use super::{Context, StepError, human, is_ready};
+use super::{Context, StepError, gates, human, is_ready};
+use crate::plan::model::Role;
 use crate::plan::resolved::BatchPlan;
 use crate::planner::Step;
 
@@ -28,7 +29,8 @@ pub(super) async fn before_upgrade(ctx: &Context, name: &str) -> Result<Value, S
     }))
 }
 
-/// Runs the upgrade hook, unless a resume finds the node already went through it.
+/// Runs the upgrade hook, unless a resume finds the node already went through it; first,
+/// for a service node, etcd must be able to lose its member.
 pub(super) async fn upgrade(
     ctx: &Context,
     step: &Step,
@@ -45,6 +47,11 @@ pub(super) async fn upgrade(
             ctx.progress(step, "an earlier run's upgrade already took the node down; not running the hook again");
             return Ok(with(detail, json!({"hookRun": false})));
         }
+    }
+    // The member goes down here, not at the cordon: one lost since this node's chain began
+    // (its drain can take minutes) would make this the second one out.
+    if batch.role == Role::Service {
+        gates::etcd_before_leaving(ctx, step).await?;
     }
     let settings = &batch.settings.upgrade;
     let overridden = ctx.hooks.upgrade_override.get(&batch.name);
