@@ -1,21 +1,29 @@
-//! The chaos suite: ServiceLB rollouts against the simulator and a real knotd, under random
-//! API faults, each `apply` killed with SIGKILL at a random event and then resumed, watched
-//! from outside the whole time. It counts what must never happen (an empty record set, a
-//! cordoned node still served, two etcd members' nodes out at once, a node left cordoned, a
-//! record not restored, a node upgraded twice or not at all, a broken journal line) and
-//! reports the rollouts that needed more than one resume.
+//! The chaos suites: ServiceLB rollouts against the simulator and a real knotd under
+//! random API faults, watched from outside the whole time. They count what must never
+//! happen (an empty record set, a cordoned node still served, two etcd members' nodes out
+//! at once, a node left cordoned, a record not restored, a node upgraded twice or not at
+//! all, a broken journal line) and report the rollouts that needed a human.
 //!
-//! Each run draws the plan's shape (round-robin or single-record; workstations in one to
-//! three batches of 1 to 8 at a time), a fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a
-//! mix) and, at a random event, a 2 s outage of the whole API on top of it. One run in six
-//! loses a workstation for good, one in six a control-plane node and its etcd member: such a
-//! rollout cannot finish, and must stop without taking a second member out, emptying the
-//! record or leaving another node cordoned; it is counted as needing a human.
+//! - `--suite kill` (the default): a plan of fixed size; every `apply` is killed with
+//!   SIGKILL at a random event, then resumed (up to three times) until it finishes. Each run
+//!   draws the record strategy, the workstations' batches (one to three, 1 to 8 at a time), a
+//!   fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a mix) and a 2 s
+//!   outage of the whole API at a random event.
+//! - `--suite random`: the plan's size is drawn too (1 to `--workstations` workstations), the
+//!   outage lasts 0.5 to 3 s, half the runs take quorum from a real 3-member etcd on loopback
+//!   ports, half are killed, and one run in three loses a node for good at a random event: a
+//!   workstation, or a control-plane node with its etcd member. Such a rollout cannot finish;
+//!   it must stop without taking a second member out, emptying the record or leaving another
+//!   node cordoned, and is counted as needing a human.
 //!
-//! `cargo test` runs a short version (2 runs of a 13-node plan). The full suite:
-//! `cargo test --release --test chaos -- --runs 200 --workstations 27 --minutes 120`
-//! (a 30-node plan); `--seed N` replays a suite. All traffic stays on loopback.
+//! `cargo test` runs a short version of each (2 runs of a 13-node plan). The full suites:
+//! `cargo test --release --test chaos -- --suite kill --runs 200 --workstations 27 --minutes 120`
+//! (a 30-node plan) and `... -- --suite random --runs 1000 --workstations 12 --minutes 600`;
+//! `--seed N` replays a suite. All traffic stays on loopback.
 
+#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
+#[path = "integration/etcd.rs"]
+mod etcd;
 #[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
 #[path = "integration/harness.rs"]
 mod harness;
@@ -24,15 +32,28 @@ mod harness;
 mod knot;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use etcd::EtcdCluster;
 use harness::{Random, SimProcess, kill_when};
-use knot::{KEY, Knot, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
+use knot::{KEY, Knot, PlanExtra, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
+
+/// Which suite runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Suite {
+    /// A plan of fixed size, every apply killed and resumed: what a crash must not break.
+    Kill,
+    /// Plans, faults and losses drawn at random: what must never be seen from outside.
+    Random,
+}
 
 /// How a suite runs.
 struct Settings {
+    suite: Suite,
     runs: usize,
     workstations: usize,
     minutes: u64,
@@ -40,11 +61,18 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let mut settings = Settings { runs: 2, workstations: 10, minutes: 20, seed: None };
+    let mut settings = Settings { suite: Suite::Kill, runs: 2, workstations: 10, minutes: 20, seed: None };
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2) {
         let value = || pair[1].parse::<u64>().unwrap_or_else(|_| panic!("{} takes a number", pair[0]));
         match pair[0].as_str() {
+            "--suite" => {
+                settings.suite = match pair[1].as_str() {
+                    "kill" => Suite::Kill,
+                    "random" => Suite::Random,
+                    other => panic!("--suite takes kill or random, not {other}"),
+                }
+            }
             "--runs" => settings.runs = value() as usize,
             "--workstations" => settings.workstations = value() as usize,
             "--minutes" => settings.minutes = value(),
@@ -83,17 +111,22 @@ struct Tally {
 }
 
 fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
-    let sim = SimProcess::start(&["--workstations", &settings.workstations.to_string(), "--sessions-per-node", "0"]);
-    // The plan's shape is drawn too: the record strategy, and the workstations in one to
-    // three batches of random width.
+    let randomized = settings.suite == Suite::Random;
+    let count =
+        if randomized { 1 + random.below(settings.workstations as u64) as usize } else { settings.workstations };
+    let sim = SimProcess::start(&["--workstations", &count.to_string(), "--sessions-per-node", "0"]);
+    // The plan's shape is drawn: the record strategy, and the workstations in one to three
+    // batches of random width; in the random suite, quorum from etcd or from node readiness.
     let single = random.below(2) == 0;
     let (strategy, record) =
         if single { ("single-record", &SERVICE_ADDRESSES[..1]) } else { ("round-robin", &SERVICE_ADDRESSES[..]) };
     let knot = Knot::start(record);
     let before = knot.answer();
+    let etcd = (randomized && random.below(2) == 0).then(|| Arc::new(Mutex::new(EtcdCluster::start())));
+    let endpoints = etcd.as_ref().map(|e| e.lock().expect("etcd").endpoints()).unwrap_or_default();
     let dir = tempfile::tempdir().expect("temp dir");
-    let width = settings.workstations.to_string().len().max(2);
-    let workstations: Vec<String> = (1..=settings.workstations).map(|i| format!("ws{i:0width$}")).collect();
+    let width = count.to_string().len().max(2);
+    let workstations: Vec<String> = (1..=count).map(|i| format!("ws{i:0width$}")).collect();
     let batches = 1 + random.below(3) as usize;
     let mut batch_lines = String::new();
     for (i, chunk) in workstations.chunks(workstations.len().div_ceil(batches).max(1)).enumerate() {
@@ -103,27 +136,36 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
             chunk.join(", ")
         ));
     }
-    let plan = servicelb_plan(dir.path(), strategy, &rfc2136(dir.path(), &knot, KEY), "", &batch_lines);
+    // A drain held by a budget whose other replica was lost would otherwise wait 15 minutes.
+    let extra = PlanExtra {
+        etcd_endpoints: &endpoints,
+        defaults: "    drain: {timeout: 30s}\n",
+        batches: &batch_lines,
+        ..PlanExtra::default()
+    };
+    let plan = servicelb_plan(dir.path(), strategy, &rfc2136(dir.path(), &knot, KEY), &extra);
     let faults = faults(random);
     let mut fault_args = vec!["faults"];
     fault_args.extend(faults.iter().map(String::as_str));
     sim.ctl(&fault_args).success();
     // A rollout reports about two events per step and nine steps per node.
-    let events = 2 * 9 * (3 + settings.workstations) as u64;
-    let stop = 1 + random.below(events) as usize;
+    let events = 2 * 9 * (3 + count) as u64;
+    let kill_at = (!randomized || random.below(2) == 0).then(|| 1 + random.below(events) as usize);
     let outage_at = 1 + random.below(events) as usize;
-    // Some runs lose a node for good at a random event (at the kill at the latest): a
-    // workstation that never comes back, or a control-plane node, and with it an etcd
-    // member. Such a rollout cannot finish; it must stop safely and say so.
-    let lost = match random.below(6) {
-        0 => Some(workstations[random.below(workstations.len() as u64) as usize].clone()),
-        1 => Some(format!("cp{}", 1 + random.below(3))),
+    let outage_ms = if randomized { 500 + random.below(2501) } else { 2000 };
+    // The random suite loses a node for good in one run of three, at a random event (at the
+    // kill at the latest): a workstation that never comes back, or a control-plane node and
+    // its etcd member. Such a rollout cannot finish; it must stop safely and say so.
+    let lost = match randomized.then(|| random.below(6)) {
+        Some(0) => Some(workstations[random.below(workstations.len() as u64) as usize].clone()),
+        Some(1) => Some(format!("cp{}", 1 + random.below(3))),
         _ => None,
     };
     let lost_at = 1 + random.below(events) as usize;
     let mut child = start_apply(&sim, &plan);
     let kubeconfig = sim.kubeconfig();
-    let outage_args: Vec<String> = faults.iter().cloned().chain(["--outage".to_owned(), "2s".to_owned()]).collect();
+    let outage_args: Vec<String> =
+        faults.iter().cloned().chain(["--outage".to_owned(), format!("{outage_ms}ms")]).collect();
     let ctl = move |args: &[&str]| {
         let _ = Command::new(assert_cmd::cargo::cargo_bin("noderoll"))
             .args(["sim", "ctl", "--kubeconfig"])
@@ -134,40 +176,48 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
             .status();
     };
     let node_lost = lost.clone();
+    let member_of_lost = etcd.clone();
+    let lost_happened = Arc::new(AtomicBool::new(false));
+    let lose = lost_happened.clone();
     let killer = kill_when(&mut child, move |line, _| {
         if line == outage_at {
             let mut args = vec!["faults"];
             args.extend(outage_args.iter().map(String::as_str));
             ctl(&args);
         }
-        if let Some(node) = node_lost.as_deref()
-            && (line == lost_at || (line == stop && lost_at > stop))
-        {
+        let due = line == lost_at || (Some(line) == kill_at && lost_at > line);
+        if let Some(node) = node_lost.as_deref().filter(|_| due && !lose.load(Ordering::SeqCst)) {
             ctl(&["reboot", node, "--fails"]);
+            if let (Some(etcd), Some(index)) = (&member_of_lost, node.strip_prefix("cp")) {
+                etcd.lock().expect("etcd").kill(index.parse::<usize>().expect("cpN") - 1);
+            }
+            lose.store(true, Ordering::SeqCst);
         }
-        line == stop
+        Some(line) == kill_at
     });
     let first = watch(&sim, &knot, child);
     let killed = killer.join().expect("killer thread");
+    let lost = lost.filter(|_| lost_happened.load(Ordering::SeqCst));
     let mut tally = Tally { violations: first.violations, double_outages: first.double_outages, ..Tally::default() };
-    let mut resumes = 0;
     // A lost node cannot be brought back by running apply again: one resume shows the
     // rollout stops safely; without a loss, up to three resumes finish it.
     let tries = if lost.is_some() { 1 } else { 3 };
-    let finished = loop {
+    let mut code = first.code;
+    let mut resumes: usize = 0;
+    while code != 0 && resumes < tries {
         let resumed = roll_and_watch(&sim, &knot, &plan);
         tally.violations.extend(resumed.violations);
         tally.double_outages += resumed.double_outages;
         resumes += 1;
-        let done = resumed.code == 0;
-        if done || resumes == tries {
-            if !done && lost.is_none() {
-                eprintln!("run {number}: still not finished after 3 resumes: {}", resumed.stderr.trim());
-            }
-            break done;
+        code = resumed.code;
+        if code != 0 && resumes == tries && lost.is_none() {
+            eprintln!("run {number}: still not finished after {tries} resumes: {}", resumed.stderr.trim());
         }
-    };
-    tally.extra_resumes = resumes - 1;
+    }
+    let finished = code == 0;
+    if lost.is_none() {
+        tally.extra_resumes = resumes.saturating_sub(usize::from(killed));
+    }
     tally.needed_a_human = usize::from(!finished);
     sim.ctl(&["faults"]).success();
     let nodes = sim.nodes();
@@ -185,14 +235,20 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
         .count();
     if lost.is_none() {
         tally.records_not_restored = usize::from(knot.answer() != before);
-        tally.not_upgraded = (3 + settings.workstations).saturating_sub(reboots.len());
+        tally.not_upgraded = (3 + count).saturating_sub(reboots.len());
     }
     let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).unwrap_or_default();
     tally.broken_journal_lines = journal.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).count();
     eprintln!(
-        "run {number}: {strategy}, {batches} workstation batch(es), faults {:?}, {} at event {stop}, outage at event {outage_at}, {}, {resumes} resume(s), {}, {} violation(s)",
+        "run {number}: {} nodes, {strategy}, {batches} workstation batch(es), quorum from {}, faults {:?}, {}, {outage_ms} ms outage at event {outage_at}, {}, {resumes} resume(s), {}, {} violation(s)",
+        3 + count,
+        if etcd.is_some() { "etcd" } else { "node readiness" },
         faults,
-        if killed { "killed" } else { "finished before the kill" },
+        match (kill_at, killed) {
+            (Some(at), true) => format!("killed at event {at}"),
+            (Some(_), false) => "finished before the kill".to_owned(),
+            (None, _) => "not killed".to_owned(),
+        },
         lost.as_deref().map_or_else(|| "no node lost".to_owned(), |n| format!("{n} lost at event {lost_at}")),
         if finished { "finished" } else { "stopped: needs a human" },
         tally.violations.len()
@@ -201,22 +257,19 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     tally
 }
 
-fn main() {
-    let settings = settings();
-    let mut random = Random::from_env();
-    if let Some(seed) = settings.seed {
-        random = Random::with_seed(seed);
-    }
+/// Runs one suite; returns whether every safety count was 0.
+fn suite(settings: &Settings, random: &mut Random) -> bool {
     let nodes = 3 + settings.workstations;
+    let size = if settings.suite == Suite::Random { format!("up to {nodes}") } else { format!("{nodes}") };
     eprintln!(
-        "chaos: up to {} run(s) of a {nodes}-node ServiceLB plan, at most {} minute(s), seed {}",
-        settings.runs, settings.minutes, random.seed
+        "chaos ({:?}): up to {} run(s) of a ServiceLB plan of {size} nodes, at most {} minute(s), seed {}",
+        settings.suite, settings.runs, settings.minutes, random.seed
     );
     let started = Instant::now();
     let mut total = Tally::default();
     let mut done = 0;
     while done < settings.runs && started.elapsed() < Duration::from_secs(settings.minutes * 60) {
-        let tally = run(done + 1, &settings, &mut random);
+        let tally = run(done + 1, settings, random);
         for violation in &tally.violations {
             eprintln!("  run {}: {violation}", done + 1);
         }
@@ -243,11 +296,16 @@ fn main() {
         ("nodes not upgraded", total.not_upgraded),
         ("broken journal lines", total.broken_journal_lines),
     ];
-    println!("chaos: {done} run(s) of {nodes} nodes in {:.0} s, seed {}", started.elapsed().as_secs_f64(), random.seed);
+    println!(
+        "chaos ({:?}): {done} run(s) of {size} nodes in {:.0} s, seed {}",
+        settings.suite,
+        started.elapsed().as_secs_f64(),
+        random.seed
+    );
     for (what, count) in safety {
         println!("  {what}: {count}");
     }
-    println!("  resumes beyond the first (a human would have run apply again): {}", total.extra_resumes);
+    println!("  resumes beyond the ones a kill needs (a human would have run apply again): {}", total.extra_resumes);
     println!(
         "  rollouts that stopped and need a human: {} (runs that lost a node for good: {})",
         total.needed_a_human, total.lost_nodes
@@ -256,7 +314,24 @@ fn main() {
         "  samples with two control-plane nodes out through a loss while one was out (no rollout can prevent it): {}",
         total.double_outages
     );
-    if safety.iter().any(|(_, count)| *count > 0) {
+    safety.iter().all(|(_, count)| *count == 0)
+}
+
+fn main() {
+    let mut settings = settings();
+    let mut random = Random::from_env();
+    if let Some(seed) = settings.seed {
+        random = Random::with_seed(seed);
+    }
+    // Without --suite, `cargo test`'s short run: both suites.
+    let suites =
+        if std::env::args().any(|a| a == "--suite") { vec![settings.suite] } else { vec![Suite::Kill, Suite::Random] };
+    let mut safe = true;
+    for chosen in suites {
+        settings.suite = chosen;
+        safe &= suite(&settings, &mut random);
+    }
+    if !safe {
         std::process::exit(1);
     }
 }

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::harness::{Random, SimProcess, kill_when, noderoll};
 use crate::knot::{
-    KEY, Knot, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, rfc2136_keyed, roll_and_watch,
-    servicelb_plan, start_apply, watch,
+    KEY, Knot, PlanExtra, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, rfc2136_keyed,
+    roll_and_watch, servicelb_plan, start_apply, watch,
 };
 
 /// A ServiceLB plan for cp1..3 alone: workstations add nothing to the DNS steps, and
@@ -23,7 +23,7 @@ fn plan(dir: &Path, provider: &str, extra: &str) -> PathBuf {
 
 /// `plan` with a record strategy.
 fn plan_with(dir: &Path, strategy: &str, provider: &str, extra: &str) -> PathBuf {
-    servicelb_plan(dir, strategy, provider, extra, "")
+    servicelb_plan(dir, strategy, provider, &PlanExtra { dns: extra, ..PlanExtra::default() })
 }
 
 /// stderr without miette's frame and line breaks, to search sentences in.

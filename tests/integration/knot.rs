@@ -200,18 +200,30 @@ pub(crate) fn address_of(node: &str) -> String {
     SERVICE_ADDRESSES[index - 1].to_owned()
 }
 
+/// What a ServiceLB plan adds to the one every DNS test shares.
+#[derive(Default)]
+pub(crate) struct PlanExtra<'a> {
+    /// Lines under `dns:`.
+    pub(crate) dns: &'a str,
+    /// etcd client URLs (quoted, comma-separated) for `quorum.etcd`; none: node readiness.
+    pub(crate) etcd_endpoints: &'a str,
+    /// Lines under `defaults:`.
+    pub(crate) defaults: &'a str,
+    /// Batches after the control plane's.
+    pub(crate) batches: &'a str,
+}
+
 /// A ServiceLB plan for the simulator's cp1..3 with `provider` (YAML lines under
-/// `provider:`), `dns_extra` lines under `dns:`, and `batches_extra` after the control
-/// plane's batch.
-pub(crate) fn servicelb_plan(
-    dir: &Path,
-    strategy: &str,
-    provider: &str,
-    dns_extra: &str,
-    batches_extra: &str,
-) -> PathBuf {
+/// `provider:`) and `extra`.
+pub(crate) fn servicelb_plan(dir: &Path, strategy: &str, provider: &str, extra: &PlanExtra) -> PathBuf {
+    let etcd = if extra.etcd_endpoints.is_empty() {
+        String::new()
+    } else {
+        format!("etcd: {{endpoints: [{}]}}, ", extra.etcd_endpoints)
+    };
+    let PlanExtra { dns, defaults, batches, .. } = extra;
     let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns_extra}  quorum: {{timeout: 20s}}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 20s}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches_extra}"
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns}  quorum: {{{etcd}timeout: 20s}}\n  defaults:\n{defaults}    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 20s}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches}"
     );
     let path = dir.join("dns.yaml");
     std::fs::write(&path, text).expect("write plan");

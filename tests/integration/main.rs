@@ -3,6 +3,7 @@
 mod check;
 mod distribution;
 mod dns;
+mod etcd;
 mod harness;
 mod incluster;
 mod knot;

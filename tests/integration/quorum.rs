@@ -1,103 +1,14 @@
-//! The quorum gate against a real 3-member etcd on loopback ports: members named after the
-//! simulator's control-plane nodes (cp1..cp3), so the executor maps them to nodes by name.
+//! The quorum gate against a real 3-member etcd on loopback ports (`etcd.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, apply_via, free_port, noderoll};
-
-/// Three etcd members in a temp dir; dropping it kills them all.
-struct EtcdCluster {
-    dir: tempfile::TempDir,
-    members: Vec<(String, u16, u16)>,
-    running: Vec<Option<Child>>,
-}
-
-impl EtcdCluster {
-    fn start() -> EtcdCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let members: Vec<(String, u16, u16)> = (1..=3).map(|i| (format!("cp{i}"), free_port(), free_port())).collect();
-        let mut cluster = EtcdCluster { dir, members, running: Vec::new() };
-        cluster.running = (0..3).map(|i| Some(cluster.spawn(i))).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !(0..3).all(|i| cluster.healthy(i)) {
-            assert!(Instant::now() < deadline, "etcd did not become healthy within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cluster
-    }
-
-    fn spawn(&self, i: usize) -> Child {
-        let initial: Vec<String> =
-            self.members.iter().map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}")).collect();
-        let (name, client, peer) = &self.members[i];
-        let data = self.dir.path().join(name);
-        let state = if data.exists() { "existing" } else { "new" };
-        Command::new("etcd")
-            .args(["--name", name, "--data-dir"])
-            .arg(&data)
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", "noderoll"])
-            .args(["--initial-cluster-state", state, "--logger", "zap", "--log-outputs"])
-            .arg(self.dir.path().join(format!("{name}.log")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd starts (scripts/test installs etcd-server)")
-    }
-
-    /// One HTTP/1.0 request to member `i`'s client port; the whole answer.
-    fn http(&self, i: usize, method: &str, path: &str, body: &str) -> String {
-        use std::io::{Read, Write};
-        let url = format!("127.0.0.1:{}", self.members[i].1);
-        let Ok(mut stream) = std::net::TcpStream::connect(&url) else { return String::new() };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ =
-            write!(stream, "{method} {path} HTTP/1.0\r\nHost: {url}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    }
-
-    fn healthy(&self, i: usize) -> bool {
-        self.http(i, "GET", "/health", "").contains("\"health\":\"true\"")
-    }
-
-    fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|(_, client, _)| format!("\"http://127.0.0.1:{client}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.running[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        self.kill(i);
-        self.running[i] = Some(self.spawn(i));
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for i in 0..self.running.len() {
-            self.kill(i);
-        }
-    }
-}
+use crate::etcd::EtcdCluster;
+use crate::harness::{SimProcess, apply_via, noderoll};
 
 /// A plan for the simulator's control plane with etcd as quorum source.
 fn plan(dir: &Path, etcd: &EtcdCluster, timeout: &str) -> PathBuf {
