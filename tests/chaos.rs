@@ -108,6 +108,7 @@ struct Tally {
     needed_a_human: usize,
     lost_nodes: usize,
     double_outages: usize,
+    samples: usize,
 }
 
 fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
@@ -198,7 +199,12 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let first = watch(&sim, &knot, child);
     let killed = killer.join().expect("killer thread");
     let lost = lost.filter(|_| lost_happened.load(Ordering::SeqCst));
-    let mut tally = Tally { violations: first.violations, double_outages: first.double_outages, ..Tally::default() };
+    let mut tally = Tally {
+        violations: first.violations,
+        double_outages: first.double_outages,
+        samples: first.samples,
+        ..Tally::default()
+    };
     // A lost node cannot be brought back by running apply again: one resume shows the
     // rollout stops safely; without a loss, up to three resumes finish it.
     let tries = if lost.is_some() { 1 } else { 3 };
@@ -208,6 +214,7 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
         let resumed = roll_and_watch(&sim, &knot, &plan);
         tally.violations.extend(resumed.violations);
         tally.double_outages += resumed.double_outages;
+        tally.samples += resumed.samples;
         resumes += 1;
         code = resumed.code;
         if code != 0 && resumes == tries && lost.is_none() {
@@ -240,7 +247,7 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).unwrap_or_default();
     tally.broken_journal_lines = journal.lines().filter(|l| serde_json::from_str::<Value>(l).is_err()).count();
     eprintln!(
-        "run {number}: {} nodes, {strategy}, {batches} workstation batch(es), quorum from {}, faults {:?}, {}, {outage_ms} ms outage at event {outage_at}, {}, {resumes} resume(s), {}, {} violation(s)",
+        "run {number}: {} nodes, {strategy}, {batches} workstation batch(es), quorum from {}, faults {:?}, {}, {outage_ms} ms outage at event {outage_at}, {}, {resumes} resume(s), {}, {} violation(s) in {} samples",
         3 + count,
         if etcd.is_some() { "etcd" } else { "node readiness" },
         faults,
@@ -251,7 +258,8 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
         },
         lost.as_deref().map_or_else(|| "no node lost".to_owned(), |n| format!("{n} lost at event {lost_at}")),
         if finished { "finished" } else { "stopped: needs a human" },
-        tally.violations.len()
+        tally.violations.len(),
+        tally.samples
     );
     tally.lost_nodes = usize::from(lost.is_some());
     tally
@@ -283,6 +291,7 @@ fn suite(settings: &Settings, random: &mut Random) -> bool {
         total.needed_a_human += tally.needed_a_human;
         total.lost_nodes += tally.lost_nodes;
         total.double_outages += tally.double_outages;
+        total.samples += tally.samples;
         done += 1;
     }
     let safety = [
@@ -297,10 +306,11 @@ fn suite(settings: &Settings, random: &mut Random) -> bool {
         ("broken journal lines", total.broken_journal_lines),
     ];
     println!(
-        "chaos ({:?}): {done} run(s) of {size} nodes in {:.0} s, seed {}",
+        "chaos ({:?}): {done} run(s) of {size} nodes in {:.0} s, seed {}; {} samples of DNS and nodes",
         settings.suite,
         started.elapsed().as_secs_f64(),
-        random.seed
+        random.seed,
+        total.samples
     );
     for (what, count) in safety {
         println!("  {what}: {count}");

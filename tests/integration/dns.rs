@@ -59,7 +59,9 @@ fn changes(events: &[Value]) -> Vec<String> {
 fn a_round_robin_rollout_keeps_the_record_served_and_each_node_out_of_it_while_cordoned() {
     let (sim, knot, before, dir) = setup(&initial());
     let plan = plan(dir.path(), &rfc2136(dir.path(), &knot, KEY), "");
-    let Watched { code, events, stderr, seen_out, violations, double_outages } = roll_and_watch(&sim, &knot, &plan);
+    let Watched { code, events, stderr, seen_out, violations, double_outages, samples } =
+        roll_and_watch(&sim, &knot, &plan);
+    assert!(samples > 100, "the watcher asked knotd and the API server throughout: {samples} samples");
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(double_outages, 0, "with no node lost, never two control-plane nodes out");
     assert_eq!(code, 0, "apply failed: {stderr}");

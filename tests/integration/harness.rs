@@ -172,6 +172,22 @@ impl SimProcess {
         self.kubectl_ok(&["create", "--validate=false", "-f", path.to_str().expect("utf-8")]);
     }
 
+    /// One HTTP/1.0 GET to the simulator (whose faults apply to it too); the body of a
+    /// 200 answer.
+    pub(crate) fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).ok()?;
+        let address = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: http://"))?.to_owned();
+        let mut stream = std::net::TcpStream::connect(&address).ok()?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n").ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).ok()?;
+        let answer = String::from_utf8(answer).ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
+    }
+
     /// `noderoll sim ctl ...` against this simulator.
     pub(crate) fn ctl(&self, args: &[&str]) -> assert_cmd::assert::Assert {
         noderoll().args(["sim", "ctl", "--kubeconfig"]).arg(self.kubeconfig()).args(args).assert()
