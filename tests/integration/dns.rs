@@ -137,6 +137,32 @@ fn a_record_is_not_repointed_to_a_node_out_of_service() {
 }
 
 #[test]
+fn a_resume_killed_while_the_old_ttl_ran_waits_it_out_again() {
+    // Killed while caches may still hold cp1's address: the resume finds the record already
+    // without cp1, and must still wait the old TTL before cordoning it.
+    let (sim, knot, before, dir) = setup(&initial());
+    let plan = plan(dir.path(), &rfc2136(dir.path(), &knot, KEY), "");
+    let mut child = start_apply(&sim, &plan);
+    let killer = kill_when(&mut child, |_, line| line.contains("waiting out the old TTL"));
+    let first = watch(&sim, &knot, child);
+    assert!(killer.join().expect("killer thread"), "killed during cp1's TTL wait: {}", first.stderr);
+    assert!(!knot.addresses().contains(SERVICE_ADDRESSES[0]), "the record was already changed");
+    let Watched { code, events, stderr, violations, .. } = roll_and_watch(&sim, &knot, &plan);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(code, 0, "{stderr}");
+    let position = |wanted: &dyn Fn(&Value) -> bool| events.iter().position(wanted);
+    let waited = position(&|e| {
+        e["event"] == "step-progress"
+            && e["step"] == "cp1/dns-withdraw"
+            && e["message"].as_str().is_some_and(|m| m.contains("waiting out the old TTL"))
+    })
+    .expect("the resume waited out the old TTL again");
+    let cordoned = position(&|e| e["event"] == "step-started" && e["step"] == "cp1/cordon").expect("cp1 cordoned");
+    assert!(waited < cordoned, "the wait came before the cordon");
+    assert_eq!(knot.answer(), before);
+}
+
+#[test]
 fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
     // Up to three SIGKILLs at random events of one rollout (a 3-node plan reports about 90
     // events; each resume reports only what is left, so a late run may finish first), then

@@ -169,8 +169,9 @@ pub(super) async fn before_change(ctx: &Context) -> Result<Value, StepError> {
 }
 
 /// Withdraws, repoints or restores the step's node, then waits until users get the new
-/// answer.
-pub(super) async fn act(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+/// answer. `detail` is what `before_change` journaled before the first attempt: a resume
+/// finds the record already changed, and only the journal says the node was served.
+pub(super) async fn act(ctx: &Context, step: &Step, detail: &Value) -> Result<Value, StepError> {
     let (Some(provider), Some(dns)) = (&ctx.dns, &ctx.plan.load_balancer.dns) else { return Ok(Value::Null) };
     let node = step.node.as_deref().unwrap_or_default();
     let own = address(&ctx.client, &ctx.patience, &ctx.plan, node).await?;
@@ -224,12 +225,21 @@ pub(super) async fn act(ctx: &Context, step: &Step) -> Result<Value, StepError> 
         ChangeKind::Restore => answer.contains(&own),
     };
     propagated(ctx, step, &dns.name, dns.propagation_timeout, served).await?;
-    if kind != ChangeKind::Restore && current.addresses.contains(&own) {
-        let old_ttl = Duration::from_secs(u64::from(current.ttl));
+    // A resume cannot know how much of the old TTL passed before the crash: it waits the
+    // whole of it again.
+    let journaled_ttl = detail["ttl"].as_u64().and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
+    let was_served = current.addresses.contains(&own) || journaled_before(detail).contains(&own);
+    if kind != ChangeKind::Restore && was_served {
+        let old_ttl = Duration::from_secs(u64::from(current.ttl.max(journaled_ttl)));
         ctx.progress(step, format!("waiting out the old TTL ({}) so caches drop {own}", human(old_ttl)));
         tokio::time::sleep(ctx.real(old_ttl)).await;
     }
     Ok(json!({"address": own, "changed": changed, "records": after, "ttl": ttl}))
+}
+
+/// The record set `before_change` journaled (empty when it journaled none).
+fn journaled_before(detail: &Value) -> Vec<IpAddr> {
+    detail["before"].as_array().into_iter().flatten().filter_map(|a| a.as_str()?.parse().ok()).collect()
 }
 
 /// Asks every resolver until each serves an answer `served` accepts.

@@ -224,7 +224,7 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
         (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
         (Action::WaitL2Release, _) => l2::wait_release(ctx, step).await,
-        (Action::DnsWithdraw | Action::DnsRepoint | Action::DnsRestore, _) => dns::act(ctx, step).await,
+        (Action::DnsWithdraw | Action::DnsRepoint | Action::DnsRestore, _) => dns::act(ctx, step, detail).await,
         (Action::WaitSessions, Some(batch)) => sessions::wait(ctx, step, &batch.settings.sessions).await,
         (Action::Drain, Some(batch)) => drain::drain(ctx, step, &batch.settings.drain).await,
         (Action::Upgrade, Some(batch)) => ready::upgrade(ctx, step, batch, detail, resumed).await,
