@@ -197,6 +197,13 @@ pub enum CtlAction {
         /// Probability of a dropped connection per request.
         #[arg(long, default_value_t = 0.0)]
         drop_rate: f64,
+        /// Probability per request of carrying it out and then dropping the connection
+        /// without an answer.
+        #[arg(long, default_value_t = 0.0)]
+        lost_answer_rate: f64,
+        /// Lose the answer to the next request whose `METHOD /path` starts with this, once.
+        #[arg(long, value_name = "METHOD PATH")]
+        lose_next_answer: Option<String>,
         /// Real delay added to every answer.
         #[arg(long, value_parser = duration, default_value = "0s")]
         latency: Duration,
@@ -259,15 +266,25 @@ async fn ctl(args: CtlArgs) -> Result<i32> {
                 fails: *fails,
             })?,
         ),
-        CtlAction::Faults { error_rate, throttle_rate, drop_rate, latency, outage } => (
+        CtlAction::Faults {
+            error_rate,
+            throttle_rate,
+            drop_rate,
+            lost_answer_rate,
+            lose_next_answer,
+            latency,
+            outage,
+        } => (
             http::Method::PUT,
             "/sim/v1/faults".into(),
             to_json(&FaultSettings {
                 error_rate: *error_rate,
                 throttle_rate: *throttle_rate,
                 drop_rate: *drop_rate,
+                lost_answer_rate: *lost_answer_rate,
                 latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
                 outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
+                lose_next_answer: lose_next_answer.clone(),
             })?,
         ),
         CtlAction::Advance { by } => {

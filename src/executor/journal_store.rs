@@ -174,7 +174,7 @@ impl ConfigMapJournal {
         let (text, version) = fetch(location, client, patience).await?;
         let version = match version {
             Some(v) if create || !text.trim().is_empty() => v,
-            None if create => create_config_map(&api, location, name, patience).await?,
+            None if create => create_config_map(&api, client, location, name, patience).await?,
             _ => return Err(JournalError::Missing { location: location.to_string() }),
         };
         Ok(ConfigMapJournal {
@@ -297,9 +297,13 @@ async fn fetch(
     Ok((text, found.metadata.resource_version))
 }
 
-/// Creates the empty ConfigMap; if another process created it first, reads its version.
+/// Creates the empty ConfigMap. One found there already (our create whose answer was lost
+/// and was retried, or another process's that has not written yet) is adopted while it is
+/// still empty: a second writer is caught by resourceVersion at its first append. One with
+/// records in it is another rollout's.
 async fn create_config_map(
     api: &Api<ConfigMap>,
+    client: &kube::Client,
     location: &Location,
     name: &str,
     patience: &Patience,
@@ -313,9 +317,10 @@ async fn create_config_map(
     let object = config_map(name, empty);
     match retry::call(patience, || api.create(&params, &object)).await {
         Ok(created) => Ok(created.metadata.resource_version.unwrap_or_default()),
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            Err(JournalError::Conflict { location: location.to_string() })
-        }
+        Err(kube::Error::Api(status)) if status.code == 409 => match fetch(location, client, patience).await? {
+            (text, Some(version)) if text.trim().is_empty() => Ok(version),
+            _ => Err(JournalError::Conflict { location: location.to_string() }),
+        },
         Err(source) => Err(JournalError::Api { action: "create", location: location.to_string(), source }),
     }
 }

@@ -110,16 +110,18 @@ async fn respond(shared: Arc<Shared>, request: http::Request<Incoming>) -> Resul
             });
         }
     };
+    let (verdict, latency) = if control {
+        (Verdict::Serve, std::time::Duration::ZERO)
+    } else {
+        let mut faults = shared.faults();
+        (faults.verdict(method.as_str(), &path), faults.latency())
+    };
     if !control {
-        let (verdict, latency) = {
-            let mut faults = shared.faults();
-            (faults.verdict(), faults.latency())
-        };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
         let injected = match verdict {
-            Verdict::Serve => None,
+            Verdict::Serve | Verdict::LoseAnswer => None,
             Verdict::Drop => {
                 audit(0);
                 return Err(Dropped);
@@ -141,12 +143,17 @@ async fn respond(shared: Arc<Shared>, request: http::Request<Incoming>) -> Resul
             return Ok(status_response(&error));
         }
     };
+    let lose_answer = verdict == Verdict::LoseAnswer;
     let reply = if control {
         super::control::handle(&shared, &method, &path, &body).await
     } else {
         api::handle(&shared, &Request { method: method.clone(), path: path.clone(), query, accept, content_type, body })
     };
     let response = to_response(reply);
+    if lose_answer {
+        audit(0);
+        return Err(Dropped);
+    }
     audit(response.status().as_u16());
     Ok(response)
 }

@@ -125,3 +125,36 @@ fn a_second_writer_wins_and_the_running_rollout_stops() {
     let (_, after) = journal_lines(&sim);
     assert_eq!(after.last().map(|r| r["step"].clone()), Some("ws01/cordon".into()));
 }
+
+#[test]
+fn a_journal_whose_create_answer_was_lost_is_adopted() {
+    // The create is carried out, its answer lost; the retry finds the ConfigMap there.
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = small_plan(sim.dir.path(), "lost-create", "", SIM_UPGRADE);
+    sim.ctl(&["faults", "--lose-next-answer", "POST /api/v1/namespaces/kube-system/configmaps"]).success();
+    let out = apply_via(&sim.kubeconfig(), &plan, &["--journal-configmap", JOURNAL]).output().expect("apply runs");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sim.state()["faults"]["loseNextAnswer"].is_null(), "the answer was lost: {}", sim.state()["faults"]);
+    sim.assert_upgraded_once(5);
+    let (_, lines) = journal_lines(&sim);
+    assert!(lines.iter().any(|l| l["event"] == "finished"), "the journal says finished");
+}
+
+#[test]
+fn answers_lost_after_the_write_do_not_stop_a_rollout() {
+    // One request in twenty is carried out and its answer dropped: retried writes find
+    // their objects there, their pods gone, their journal lines stored.
+    let sim = SimProcess::start(&["--sessions-per-node", "1"]);
+    let plan = small_plan(sim.dir.path(), "lossy-answers", "", SIM_UPGRADE);
+    sim.ctl(&["faults", "--lost-answer-rate", "0.05"]).success();
+    let out = apply_via(&sim.kubeconfig(), &plan, &["--journal-configmap", JOURNAL]).output().expect("apply runs");
+    let lost = std::fs::read_to_string(sim.dir.path().join("audit.jsonl"))
+        .expect("audit log")
+        .lines()
+        .filter(|l| l.contains("\"status\":0"))
+        .count();
+    sim.ctl(&["faults"]).success();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lost > 0, "some answers were lost");
+    sim.assert_upgraded_once(5);
+}

@@ -359,3 +359,18 @@ fn apply_finds_every_node_of_a_cluster_listed_in_pages() {
     let started = started.expect("a started event");
     assert_eq!(started["batches"][0]["nodes"], 1100, "{started}");
 }
+
+#[test]
+fn a_lost_answer_to_an_eviction_or_a_cordon_is_retried_safely() {
+    // Each write is carried out and its answer lost; the retry must find the pod gone or
+    // going, the node already cordoned, and go on.
+    for request in ["POST /api/v1/namespaces/juno/pods/", "PATCH /api/v1/nodes/cp1"] {
+        let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+        let plan = plan(sim.dir.path(), "lost-answer", "");
+        sim.ctl(&["faults", "--lose-next-answer", request]).success();
+        let (code, _, stderr) = apply(&sim, &plan, &[]);
+        assert_eq!(code, 0, "{request}: {stderr}");
+        assert!(sim.state()["faults"]["loseNextAnswer"].is_null(), "{request}: the answer was lost");
+        sim.assert_upgraded_once(9);
+    }
+}
