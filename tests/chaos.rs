@@ -7,7 +7,8 @@
 //! - `--suite kill` (the default): a plan of fixed size; every `apply` is killed with
 //!   SIGKILL at a random event, then resumed (up to three times) until it finishes. Each run
 //!   draws the record strategy, the workstations' batches (one to three, 1 to 8 at a time), a
-//!   fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, or a mix) and a 2 s
+//!   fault profile (none, 5% 500s, 5% 429s, 3% dropped connections, 3% answers lost after
+//!   the request was carried out, or a mix) and a 2 s
 //!   outage of the whole API at a random event.
 //! - `--suite random`: the plan's size is drawn too (1 to `--workstations` workstations), the
 //!   outage lasts 0.5 to 3 s, half the runs take quorum from a real 3-member etcd on loopback
@@ -85,12 +86,13 @@ fn settings() -> Settings {
 
 /// API faults for one run, as `noderoll sim ctl faults` arguments.
 fn faults(random: &mut Random) -> Vec<String> {
-    let profiles: [&[&str]; 5] = [
+    let profiles: [&[&str]; 6] = [
         &[],
         &["--error-rate", "0.05"],
         &["--throttle-rate", "0.05"],
         &["--drop-rate", "0.03"],
-        &["--error-rate", "0.03", "--throttle-rate", "0.03", "--drop-rate", "0.02"],
+        &["--lost-answer-rate", "0.03"],
+        &["--error-rate", "0.03", "--throttle-rate", "0.03", "--drop-rate", "0.02", "--lost-answer-rate", "0.02"],
     ];
     profiles[random.below(profiles.len() as u64) as usize].iter().map(|s| (*s).to_owned()).collect()
 }
@@ -218,7 +220,12 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
         resumes += 1;
         code = resumed.code;
         if code != 0 && resumes == tries && lost.is_none() {
-            eprintln!("run {number}: still not finished after {tries} resumes: {}", resumed.stderr.trim());
+            let last = resumed.events.iter().rev().find(|e| e["event"] == "halted" || e["event"] == "step-failed");
+            eprintln!(
+                "run {number}: still not finished after {tries} resumes (exit {code}): {} {}",
+                last.map(Value::to_string).unwrap_or_default(),
+                resumed.stderr.trim()
+            );
         }
     }
     let finished = code == 0;
