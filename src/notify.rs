@@ -4,7 +4,8 @@
 //! webhook never holds up or fails a rollout; `finish` waits for what is queued.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -29,7 +30,11 @@ pub struct Notifier {
     plan: String,
     events: Vec<NotifyEvent>,
     queue: Mutex<Option<mpsc::UnboundedSender<Value>>>,
-    sender: Mutex<Option<JoinHandle<usize>>>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+    /// Messages queued and not yet sent or given up on.
+    unsent: Arc<AtomicUsize>,
+    /// Messages given up on after every try.
+    failed: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -42,8 +47,10 @@ impl Notifier {
     /// Starts the delivery task for `url`. Must be called inside a tokio runtime.
     pub fn start(url: String, plan: &str, events: Vec<NotifyEvent>, http: HttpClient) -> Notifier {
         let (queue, mut receiver) = mpsc::unbounded_channel::<Value>();
+        let unsent = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (left, lost) = (unsent.clone(), failed.clone());
         let sender = tokio::spawn(async move {
-            let mut failed = 0;
             while let Some(body) = receiver.recv().await {
                 let mut result = http.post_json(&url, &body, POST_TIMEOUT).await;
                 for pause in BACKOFF {
@@ -57,12 +64,19 @@ impl Notifier {
                     // The URL may hold a secret: the error names the host's answer, and
                     // the log is the operator's own file.
                     tracing::warn!(event = %body["event"], error = %e.message, "webhook not delivered");
-                    failed += 1;
+                    lost.fetch_add(1, Ordering::SeqCst);
                 }
+                left.fetch_sub(1, Ordering::SeqCst);
             }
-            failed
         });
-        Notifier { plan: plan.to_owned(), events, queue: Mutex::new(Some(queue)), sender: Mutex::new(Some(sender)) }
+        Notifier {
+            plan: plan.to_owned(),
+            events,
+            queue: Mutex::new(Some(queue)),
+            sender: Mutex::new(Some(sender)),
+            unsent,
+            failed,
+        }
     }
 
     /// Stops taking events and waits (up to 30 s) until the queued ones are sent; returns
@@ -70,10 +84,11 @@ impl Notifier {
     pub async fn finish(&self) -> usize {
         drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
         let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match sender {
-            Some(task) => tokio::time::timeout(DRAIN_TIMEOUT, task).await.ok().and_then(Result::ok).unwrap_or(1),
-            None => 0,
+        if let Some(task) = sender {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, task).await;
         }
+        // Given up on, and still queued or in flight when the wait ran out.
+        self.failed.load(Ordering::SeqCst) + self.unsent.load(Ordering::SeqCst)
     }
 
     /// The message for an event, if the webhook wants it.
@@ -132,7 +147,11 @@ impl Observer for Notifier {
     fn event(&self, event: &Event) {
         let Some(message) = self.message(event) else { return };
         if let Some(queue) = self.queue.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = queue.send(message);
+            // Counted before it is queued: the task may send it before `send` returns.
+            self.unsent.fetch_add(1, Ordering::SeqCst);
+            if queue.send(message).is_err() {
+                self.unsent.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }

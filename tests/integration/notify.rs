@@ -98,3 +98,18 @@ fn a_dead_or_failing_webhook_never_fails_the_rollout() {
         sim.assert_upgraded_once(5);
     }
 }
+
+#[test]
+fn a_webhook_that_never_answers_is_given_up_on_and_counted() {
+    // It accepts connections and says nothing: the first message still hangs in its tries
+    // when apply stops waiting (30 s), and the second is still queued behind it. Both count.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", silent.local_addr().expect("address"));
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(&sim, SIM_UPGRADE, &format!("{{webhook: {{url: \"{url}\", events: [started, finished]}}}}"));
+    let out = apply_via(&sim.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    drop(silent);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 webhook notification(s) could not be delivered"), "{stdout}");
+}
