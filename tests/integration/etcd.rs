@@ -15,17 +15,31 @@ pub(crate) struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// Starts the members on free ports. A port `free_port` offered can be taken by another
+    /// process before etcd binds it (suites run side by side): the member then exits, and
+    /// another process may even answer on its port, so the cluster counts as started only
+    /// with all three of its own members running; otherwise it starts again on new ports.
     pub(crate) fn start() -> EtcdCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let members: Vec<(String, u16, u16)> = (1..=3).map(|i| (format!("cp{i}"), free_port(), free_port())).collect();
-        let mut cluster = EtcdCluster { dir, members, running: Vec::new() };
-        cluster.running = (0..3).map(|i| Some(cluster.spawn(i))).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !(0..3).all(|i| cluster.healthy(i)) {
-            assert!(Instant::now() < deadline, "etcd did not become healthy within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let members: Vec<(String, u16, u16)> =
+                (1..=3).map(|i| (format!("cp{i}"), free_port(), free_port())).collect();
+            let mut cluster = EtcdCluster { dir, members, running: Vec::new() };
+            cluster.running = (0..3).map(|i| Some(cluster.spawn(i))).collect();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while cluster.all_running() && !(0..3).all(|i| cluster.healthy(i)) {
+                assert!(Instant::now() < deadline, "etcd did not become healthy within 30 s");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if cluster.all_running() {
+                return cluster;
+            }
         }
-        cluster
+        panic!("etcd members kept exiting at start (ports taken?); their logs are in the temp dir")
+    }
+
+    fn all_running(&mut self) -> bool {
+        self.running.iter_mut().all(|c| c.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
     }
 
     fn spawn(&self, i: usize) -> Child {

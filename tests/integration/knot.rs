@@ -58,12 +58,29 @@ impl Knot {
             .expect("knotc runs (scripts/test installs knot)");
         assert!(check.status.success(), "knot.conf: {}", String::from_utf8_lossy(&check.stderr));
         let mut knot = Knot { dir, port, child: None };
-        knot.run();
-        knot
+        // The port can be taken before knotd binds it (suites run side by side): then our
+        // knotd exits, and another may answer on the port; start again on a new one.
+        for _ in 0..3 {
+            if knot.try_run() {
+                return knot;
+            }
+            knot.stop();
+            let config = std::fs::read_to_string(knot.dir.path().join("knot.conf")).expect("knot.conf");
+            let port = free_port();
+            let config = config.replace(&format!("127.0.0.1@{}", knot.port), &format!("127.0.0.1@{port}"));
+            std::fs::write(knot.dir.path().join("knot.conf"), config).expect("knot.conf");
+            knot.port = port;
+        }
+        panic!("knotd kept exiting at start (port taken?): see its log in {}", knot.dir.path().display())
     }
 
     /// Starts knotd on the existing config and storage (a restart keeps the zone's state).
     pub(crate) fn run(&mut self) {
+        assert!(self.try_run(), "knotd exited at start: see its log in {}", self.dir.path().display());
+    }
+
+    /// `run`; false if our knotd exited instead of answering (its port was taken).
+    fn try_run(&mut self) -> bool {
         let child = Command::new("knotd")
             .arg("-c")
             .arg(self.dir.path().join("knot.conf"))
@@ -74,9 +91,17 @@ impl Knot {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.kdig(&["example.test.", "SOA"]).contains("SOA") {
+            if !self.running() {
+                return false;
+            }
             assert!(Instant::now() < deadline, "knotd did not answer within 20 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.running()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub(crate) fn stop(&mut self) {
