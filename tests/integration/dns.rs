@@ -163,6 +163,43 @@ fn a_resume_killed_while_the_old_ttl_ran_waits_it_out_again() {
 }
 
 #[test]
+fn a_member_lost_while_a_service_node_leaves_dns_stops_it_before_its_cordon() {
+    // cp2's chain began with every member up; cp3 is lost while caches drop cp2 (the old
+    // TTL wait). Cordoning and draining cp2 now would leave one control-plane node serving.
+    let (sim, knot, _, dir) = setup(&initial());
+    // Without the check, cp2's drain would wait for a budget cp3's loss exhausted.
+    let extra = PlanExtra { defaults: "    drain: {timeout: 5s}\n", ..PlanExtra::default() };
+    let plan = servicelb_plan(dir.path(), "round-robin", &rfc2136(dir.path(), &knot, KEY), &extra);
+    let mut child = start_apply(&sim, &plan);
+    let kubeconfig = sim.kubeconfig();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let events = seen.clone();
+    let loser = kill_when(&mut child, move |_, line| {
+        if line.contains("\"cp2/dns-withdraw\"") && line.contains("waiting out the old TTL") {
+            noderoll()
+                .args(["sim", "ctl", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .args(["reboot", "cp3", "--fails"])
+                .assert()
+                .success();
+        }
+        events.lock().expect("events").extend(serde_json::from_str::<Value>(line).ok());
+        false
+    });
+    let Watched { code, stderr, violations, .. } = watch(&sim, &knot, child);
+    assert!(!loser.join().expect("reader thread"), "not killed");
+    let events = seen.lock().expect("events").clone();
+    assert!(violations.is_empty(), "{violations:?}");
+    assert_eq!(code, 4, "{stderr}");
+    let failed = events.iter().find(|e| e["event"] == "step-failed").expect("a step failed");
+    assert_eq!(failed["step"], "cp2/cordon", "{failed}");
+    assert!(failed["error"].as_str().unwrap_or_default().contains("cp3"), "the error names cp3: {failed}");
+    assert!(cordoned(&sim).is_empty(), "cp2 was not cordoned");
+    let served = knot.addresses();
+    assert!(!served.is_empty() && !served.contains(SERVICE_ADDRESSES[1]), "cp2 stays out of the record: {served:?}");
+}
+
+#[test]
 fn a_rollout_killed_at_random_moments_resumes_with_every_record_restored() {
     // Up to three SIGKILLs at random events of one rollout (a 3-node plan reports about 90
     // events; each resume reports only what is left, so a late run may finish first), then

@@ -208,11 +208,17 @@ pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
 pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> Result<Value, StepError> {
     let node = step.node.as_deref().unwrap_or_default();
     let batch = ctx.batch(step);
-    if ctx.chain_starts.contains(&step.id) {
+    let chain_start = ctx.chain_starts.contains(&step.id);
+    if chain_start {
         health::before_node(ctx, step).await?;
-        if batch.is_some_and(|b| b.role == crate::plan::model::Role::Service) {
-            gates::etcd_before_leaving(ctx, step).await?;
-        }
+    }
+    // A service node leaves in stages: out of DNS (the chain's start), out of scheduling
+    // (cordon, then drain), out of etcd (upgrade, which checks for itself). A member lost
+    // during an earlier stage (a DNS TTL wait can last minutes) stops it at the next one.
+    if batch.is_some_and(|b| b.role == crate::plan::model::Role::Service)
+        && (chain_start || step.action == Action::Cordon)
+    {
+        gates::etcd_before_leaving(ctx, step).await?;
     }
     match (step.action, batch) {
         (Action::BatchStart | Action::BatchDone, _) => Ok(Value::Null),
