@@ -20,7 +20,8 @@ impl EtcdCluster {
     /// another process may even answer on its port, so the cluster counts as started only
     /// with all three of its own members running; otherwise it starts again on new ports.
     pub(crate) fn start() -> EtcdCluster {
-        for _ in 0..3 {
+        let mut errors = String::new();
+        for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
             let members: Vec<(String, u16, u16)> =
                 (1..=3).map(|i| (format!("cp{i}"), free_port(), free_port())).collect();
@@ -34,8 +35,26 @@ impl EtcdCluster {
             if cluster.all_running() {
                 return cluster;
             }
+            errors = cluster.log_errors();
         }
-        panic!("etcd members kept exiting at start (ports taken?); their logs are in the temp dir")
+        panic!("etcd members kept exiting at start; the last attempt's errors:\n{errors}")
+    }
+
+    /// The error lines of every member's log.
+    fn log_errors(&self) -> String {
+        self.members
+            .iter()
+            .map(|(name, _, _)| {
+                std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+            })
+            .flat_map(|log| {
+                log.lines()
+                    .filter(|l| l.contains("\"level\":\"error\"") || l.contains("\"level\":\"fatal\""))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn all_running(&mut self) -> bool {

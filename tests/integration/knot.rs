@@ -309,9 +309,10 @@ pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched 
         let first = try_service_nodes(sim);
         let served = knot.addresses();
         let second = try_service_nodes(sim);
-        // A question costs a kdig process and two list requests: ask about fifty times a
-        // second, not as fast as the machine allows.
-        std::thread::sleep(Duration::from_millis(10));
+        // A question costs a kdig process and three TCP connections, each leaving a socket
+        // in TIME_WAIT for a minute: ask about twenty times a second, not as fast as the
+        // machine allows (suites side by side ran the loopback's ephemeral ports low).
+        std::thread::sleep(Duration::from_millis(40));
         let (Some(first), Some(second)) = (first, second) else { continue };
         samples += 1;
         if served.is_empty() {
