@@ -102,6 +102,8 @@ fn faults(random: &mut Random) -> Vec<String> {
 struct Tally {
     violations: Vec<String>,
     left_cordoned: usize,
+    /// Nodes a stopped rollout left cordoned and named in its last `halted` event.
+    left_cordoned_named: usize,
     records_not_restored: usize,
     upgraded_twice: usize,
     not_upgraded: usize,
@@ -212,8 +214,19 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let tries = if lost.is_some() { 1 } else { 3 };
     let mut code = first.code;
     let mut resumes: usize = 0;
+    let mut named: Vec<String> = Vec::new();
     while code != 0 && resumes < tries {
         let resumed = roll_and_watch(&sim, &knot, &plan);
+        named = resumed
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "halted")
+            .and_then(|e| e["cordoned"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
         tally.violations.extend(resumed.violations);
         tally.double_outages += resumed.double_outages;
         tally.samples += resumed.samples;
@@ -235,13 +248,22 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     tally.needed_a_human = usize::from(!finished);
     sim.ctl(&["faults"]).success();
     let nodes = sim.nodes();
-    // The lost node may stay cordoned: it never came back, and it is not served again.
-    tally.left_cordoned = nodes["items"]
+    // The lost node may stay cordoned: it never came back, and it is not served again. A
+    // stopped rollout may leave others cordoned if its halt says so (the operator is told
+    // which); any other cordoned node is a broken promise.
+    let cordoned: Vec<String> = nodes["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|n| n["spec"]["unschedulable"] == true && n["metadata"]["name"].as_str() != lost.as_deref())
-        .count();
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let (told, untold): (Vec<String>, Vec<String>) = cordoned.into_iter().partition(|n| !finished && named.contains(n));
+    if !untold.is_empty() || !told.is_empty() {
+        eprintln!("run {number}: left cordoned {untold:?}; left cordoned and named by the halt {told:?}");
+    }
+    tally.left_cordoned = untold.len();
+    tally.left_cordoned_named = told.len();
     let reboots = sim.state()["reboots"].as_object().cloned().unwrap_or_default();
     tally.upgraded_twice = reboots
         .iter()
@@ -290,6 +312,7 @@ fn suite(settings: &Settings, random: &mut Random) -> bool {
         }
         total.violations.extend(tally.violations);
         total.left_cordoned += tally.left_cordoned;
+        total.left_cordoned_named += tally.left_cordoned_named;
         total.records_not_restored += tally.records_not_restored;
         total.upgraded_twice += tally.upgraded_twice;
         total.not_upgraded += tally.not_upgraded;
@@ -306,7 +329,7 @@ fn suite(settings: &Settings, random: &mut Random) -> bool {
             "record set empty, cordoned node served, two members cordoned, or one taken out while another was down (observations)",
             total.violations.len(),
         ),
-        ("nodes left cordoned", total.left_cordoned),
+        ("nodes left cordoned (but the lost one, and those a stopped rollout's halt names)", total.left_cordoned),
         ("records not restored", total.records_not_restored),
         ("nodes upgraded twice", total.upgraded_twice),
         ("nodes not upgraded", total.not_upgraded),
@@ -324,8 +347,8 @@ fn suite(settings: &Settings, random: &mut Random) -> bool {
     }
     println!("  resumes beyond the ones a kill needs (a human would have run apply again): {}", total.extra_resumes);
     println!(
-        "  rollouts that stopped and need a human: {} (runs that lost a node for good: {})",
-        total.needed_a_human, total.lost_nodes
+        "  rollouts that stopped and need a human: {} (runs that lost a node for good: {}); nodes they left cordoned, named in the halt: {}",
+        total.needed_a_human, total.lost_nodes, total.left_cordoned_named
     );
     println!(
         "  samples with two control-plane nodes out through a loss while one was out (no rollout can prevent it): {}",
