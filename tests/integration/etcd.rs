@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::free_port;
+use crate::harness::{free_port, http_exchange};
 
 /// Three etcd members in a temp dir; dropping it kills them all.
 pub(crate) struct EtcdCluster {
@@ -85,15 +85,10 @@ impl EtcdCluster {
 
     /// One HTTP/1.0 request to member `i`'s client port; the whole answer.
     pub(crate) fn http(&self, i: usize, method: &str, path: &str, body: &str) -> String {
-        use std::io::{Read, Write};
         let url = format!("127.0.0.1:{}", self.members[i].1);
-        let Ok(mut stream) = std::net::TcpStream::connect(&url) else { return String::new() };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ =
-            write!(stream, "{method} {path} HTTP/1.0\r\nHost: {url}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
+        let request =
+            format!("{method} {path} HTTP/1.0\r\nHost: {url}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        http_exchange(&url, &request, Duration::from_secs(1))
     }
 
     pub(crate) fn healthy(&self, i: usize) -> bool {

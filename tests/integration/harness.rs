@@ -61,6 +61,18 @@ pub(crate) fn kill_when(
     })
 }
 
+/// Sends one HTTP/1.0 request (its whole text) to `address` and reads the answer to the
+/// end: empty when nothing answered in time.
+pub(crate) fn http_exchange(address: &str, request: &str, timeout: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A loopback port nothing listens on (yet).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
@@ -108,6 +120,8 @@ pub(crate) fn yaml_files(dir: &str) -> Vec<PathBuf> {
 pub(crate) struct SimProcess {
     pub(crate) dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// `host:port` from the kubeconfig, read once (the watcher asks many times a second).
+    address: std::sync::OnceLock<String>,
 }
 
 impl SimProcess {
@@ -132,7 +146,7 @@ impl SimProcess {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("noderoll sim serve starts");
-        let sim = SimProcess { dir, child: Some(child) };
+        let sim = SimProcess { dir, child: Some(child), address: std::sync::OnceLock::new() };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !sim.kubeconfig().exists() {
             assert!(std::time::Instant::now() < deadline, "the simulator wrote no kubeconfig within 30 s");
@@ -175,15 +189,16 @@ impl SimProcess {
     /// One HTTP/1.0 GET to the simulator (whose faults apply to it too); the body of a
     /// 200 answer.
     pub(crate) fn get(&self, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).ok()?;
-        let address = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: http://"))?.to_owned();
-        let mut stream = std::net::TcpStream::connect(&address).ok()?;
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n").ok()?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).ok()?;
-        let answer = String::from_utf8(answer).ok()?;
+        let address = match self.address.get() {
+            Some(address) => address,
+            None => {
+                let kubeconfig = std::fs::read_to_string(self.kubeconfig()).ok()?;
+                let found = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: http://"))?;
+                self.address.get_or_init(|| found.to_owned())
+            }
+        };
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n");
+        let answer = http_exchange(address, &request, std::time::Duration::from_secs(2));
         let (head, body) = answer.split_once("\r\n\r\n")?;
         (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     }
