@@ -171,17 +171,12 @@ fn a_member_lost_while_a_service_node_leaves_dns_stops_it_before_its_cordon() {
     let extra = PlanExtra { defaults: "    drain: {timeout: 5s}\n", ..PlanExtra::default() };
     let plan = servicelb_plan(dir.path(), "round-robin", &rfc2136(dir.path(), &knot, KEY), &extra);
     let mut child = start_apply(&sim, &plan);
-    let kubeconfig = sim.kubeconfig();
+    let ctl = sim.controller();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     let events = seen.clone();
     let loser = kill_when(&mut child, move |_, line| {
         if line.contains("\"cp2/dns-withdraw\"") && line.contains("waiting out the old TTL") {
-            noderoll()
-                .args(["sim", "ctl", "--kubeconfig"])
-                .arg(&kubeconfig)
-                .args(["reboot", "cp3", "--fails"])
-                .assert()
-                .success();
+            ctl.run(&["reboot", "cp3", "--fails"]).success();
         }
         events.lock().expect("events").extend(serde_json::from_str::<Value>(line).ok());
         false

@@ -124,6 +124,18 @@ pub(crate) struct SimProcess {
     address: std::sync::OnceLock<String>,
 }
 
+/// `noderoll sim ctl` against one simulator; see [`SimProcess::controller`].
+pub(crate) struct SimCtl {
+    kubeconfig: PathBuf,
+}
+
+impl SimCtl {
+    /// Runs `noderoll sim ctl ARGS`; the caller decides whether it had to succeed.
+    pub(crate) fn run(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+        noderoll().args(["sim", "ctl", "--kubeconfig"]).arg(&self.kubeconfig).args(args).assert()
+    }
+}
+
 impl SimProcess {
     /// Starts a simulator at time scale 0.01 with the given extra arguments and waits for
     /// its kubeconfig.
@@ -205,7 +217,13 @@ impl SimProcess {
 
     /// `noderoll sim ctl ...` against this simulator.
     pub(crate) fn ctl(&self, args: &[&str]) -> assert_cmd::assert::Assert {
-        noderoll().args(["sim", "ctl", "--kubeconfig"]).arg(self.kubeconfig()).args(args).assert()
+        self.controller().run(args)
+    }
+
+    /// A handle that runs `sim ctl` without borrowing the simulator, for threads that
+    /// change the cluster while a rollout runs (a reader of apply's events, say).
+    pub(crate) fn controller(&self) -> SimCtl {
+        SimCtl { kubeconfig: self.kubeconfig() }
     }
 
     /// Polls `check` until it holds, for up to 30 s.
