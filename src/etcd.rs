@@ -96,6 +96,8 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy
 pub struct Etcd {
     endpoints: Vec<String>,
     http: HttpClient,
+    /// The plan names a client certificate (for the hint when etcd refuses the handshake).
+    client_cert: bool,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -145,7 +147,7 @@ impl Etcd {
             .enable_http1()
             .build();
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Etcd { endpoints: plan.endpoints.clone(), http })
+        Ok(Etcd { endpoints: plan.endpoints.clone(), http, client_cert: plan.cert_file.is_some() })
     }
 
     async fn call(&self, base: &str, path: &str, post: bool) -> Result<Value, String> {
@@ -157,7 +159,7 @@ impl Etcd {
             .body(Full::new(Bytes::from_static(if post { b"{}" } else { b"" })))
             .map_err(|e| e.to_string())?;
         let answer = async {
-            let response = self.http.request(request).await.map_err(|e| e.to_string())?;
+            let response = self.http.request(request).await.map_err(|e| crate::http_client::describe(&e))?;
             let status = response.status();
             let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
             let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -180,6 +182,9 @@ impl Etcd {
             }
         }
         let Some(list) = listed else {
+            if let Some(hint) = tls_hint(&last, self.client_cert) {
+                last = format!("{last}; {hint}");
+            }
             return Err(EtcdError::Unreachable { endpoints: self.endpoints.join(", "), last });
         };
         let strings = |v: &Value| -> Vec<String> {
@@ -227,6 +232,23 @@ impl Etcd {
             members.push(member);
         }
         Ok(Health { members })
+    }
+}
+
+/// What to change in the plan when the TLS handshake failed: rustls names the alert or the
+/// verification error, not the file behind it.
+fn tls_hint(error: &str, client_cert: bool) -> Option<&'static str> {
+    let refused = ["alert: BadCertificate", "alert: CertificateRequired", "alert: UnknownCA"];
+    if error.contains("invalid peer certificate") {
+        Some("caFile does not verify etcd's serving certificate (k3s: server/tls/etcd/server-ca.crt)")
+    } else if refused.iter().any(|alert| error.contains(alert)) {
+        Some(if client_cert {
+            "etcd refused certFile: its CA did not sign it (k3s: server/tls/etcd/client.crt and client.key)"
+        } else {
+            "etcd wants a client certificate: set certFile and keyFile (k3s: server/tls/etcd/client.crt and client.key)"
+        })
+    } else {
+        None
     }
 }
 

@@ -83,11 +83,18 @@ impl HttpClient {
     }
 }
 
-/// The innermost cause of a client error ("connection refused" rather than "client error").
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+/// A client error with its causes ("client error (Connect): invalid peer certificate:
+/// UnknownIssuer" rather than "client error (Connect)"): hyper's own message names only the
+/// phase that failed, the causes say why.
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
     let mut inner = error;
     while let Some(next) = inner.source() {
+        let cause = next.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
         inner = next;
     }
-    inner.to_string()
+    text
 }

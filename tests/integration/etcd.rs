@@ -1,31 +1,101 @@
 //! A real 3-member etcd cluster on loopback ports, members named after the simulator's
-//! control-plane nodes (cp1..cp3) so the executor maps them to nodes by name. Dropping it
-//! kills every member.
+//! control-plane nodes (cp1..cp3) so the executor maps them to nodes by name. Plain HTTP by
+//! default; `start_tls` serves clients over TLS with client-certificate auth, as k3s does.
+//! Dropping it kills every member.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
 use crate::harness::{free_port, http_exchange};
+
+/// One member's name and loopback ports.
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    /// Where `/health` answers over plain HTTP: the client port, or with TLS a metrics port.
+    health: u16,
+}
+
+/// The files of a TLS cluster, named as k3s keeps them in `server/tls/etcd/`.
+pub(crate) struct EtcdTls {
+    /// `server-ca.crt`: signed the members' and the client's certificates.
+    pub(crate) ca: PathBuf,
+    /// `client.crt` / `client.key`: what noderoll presents.
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+/// A new self-signed certificate authority.
+pub(crate) fn certificate_authority() -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA certificate")
+}
+
+impl EtcdTls {
+    /// A CA and, signed by it, a serving certificate for 127.0.0.1 and a client certificate.
+    fn write(dir: &std::path::Path) -> EtcdTls {
+        let ca = certificate_authority();
+        let leaf = |names: &[&str], stem: &str| {
+            let key = KeyPair::generate().expect("key");
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let cert = CertificateParams::new(names).expect("parameters").signed_by(&key, &ca).expect("signed");
+            let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+            std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+            std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+            (cert_path, key_path)
+        };
+        let (server_cert, server_key) = leaf(&["127.0.0.1", "localhost"], "server-client");
+        let (cert, key) = leaf(&["noderoll"], "client");
+        let ca_path = dir.join("server-ca.crt");
+        std::fs::write(&ca_path, ca.pem()).expect("write CA");
+        EtcdTls { ca: ca_path, cert, key, server_cert, server_key }
+    }
+}
 
 /// Three etcd members in a temp dir; dropping it kills them all.
 pub(crate) struct EtcdCluster {
     dir: tempfile::TempDir,
-    members: Vec<(String, u16, u16)>,
+    members: Vec<Member>,
     running: Vec<Option<Child>>,
+    tls: Option<EtcdTls>,
 }
 
 impl EtcdCluster {
-    /// Starts the members on free ports. A port `free_port` offered can be taken by another
-    /// process before etcd binds it (suites run side by side): the member then exits, and
-    /// another process may even answer on its port, so the cluster counts as started only
-    /// with all three of its own members running; otherwise it starts again on new ports.
+    /// Starts the members on free ports, serving clients over plain HTTP.
     pub(crate) fn start() -> EtcdCluster {
+        EtcdCluster::start_with(false)
+    }
+
+    /// Starts the members serving clients over TLS, requiring a client certificate signed
+    /// by the cluster's CA (see `tls`).
+    pub(crate) fn start_tls() -> EtcdCluster {
+        EtcdCluster::start_with(true)
+    }
+
+    /// A port `free_port` offered can be taken by another process before etcd binds it
+    /// (suites run side by side): the member then exits, and another process may even answer
+    /// on its port, so the cluster counts as started only with all three of its own members
+    /// running; otherwise it starts again on new ports.
+    fn start_with(tls: bool) -> EtcdCluster {
         let mut errors = String::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let members: Vec<(String, u16, u16)> =
-                (1..=3).map(|i| (format!("cp{i}"), free_port(), free_port())).collect();
-            let mut cluster = EtcdCluster { dir, members, running: Vec::new() };
+            let members: Vec<Member> = (1..=3)
+                .map(|i| {
+                    let client = free_port();
+                    let health = if tls { free_port() } else { client };
+                    Member { name: format!("cp{i}"), client, peer: free_port(), health }
+                })
+                .collect();
+            let tls = tls.then(|| EtcdTls::write(dir.path()));
+            let mut cluster = EtcdCluster { dir, members, running: Vec::new(), tls };
             cluster.running = (0..3).map(|i| Some(cluster.spawn(i))).collect();
             let deadline = Instant::now() + Duration::from_secs(30);
             while cluster.all_running() && !(0..3).all(|i| cluster.healthy(i)) {
@@ -40,13 +110,16 @@ impl EtcdCluster {
         panic!("etcd members kept exiting at start; the last attempt's errors:\n{errors}")
     }
 
+    /// The certificates, for a cluster started with `start_tls`.
+    pub(crate) fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
     /// The error lines of every member's log.
     fn log_errors(&self) -> String {
         self.members
             .iter()
-            .map(|(name, _, _)| {
-                std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-            })
+            .map(|m| std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name))).unwrap_or_default())
             .flat_map(|log| {
                 log.lines()
                     .filter(|l| l.contains("\"level\":\"error\"") || l.contains("\"level\":\"fatal\""))
@@ -61,44 +134,65 @@ impl EtcdCluster {
         self.running.iter_mut().all(|c| c.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     fn spawn(&self, i: usize) -> Child {
         let initial: Vec<String> =
-            self.members.iter().map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}")).collect();
-        let (name, client, peer) = &self.members[i];
-        let data = self.dir.path().join(name);
+            self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect();
+        let member = &self.members[i];
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), member.client);
+        let data = self.dir.path().join(&member.name);
         let state = if data.exists() { "existing" } else { "new" };
-        Command::new("etcd")
-            .args(["--name", name, "--data-dir"])
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", &member.name, "--data-dir"])
             .arg(&data)
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", member.peer)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", member.peer)])
             .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", "noderoll"])
             .args(["--initial-cluster-state", state, "--logger", "zap", "--log-outputs"])
-            .arg(self.dir.path().join(format!("{name}.log")))
+            .arg(self.dir.path().join(format!("{}.log", member.name)));
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", member.health)]);
+        }
+        command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd starts (scripts/test installs etcd-server)")
     }
 
-    /// One HTTP/1.0 request to member `i`'s client port; the whole answer.
+    /// One HTTP/1.0 request to member `i`'s client port (plain-HTTP clusters); the whole
+    /// answer.
     pub(crate) fn http(&self, i: usize, method: &str, path: &str, body: &str) -> String {
-        let url = format!("127.0.0.1:{}", self.members[i].1);
+        let url = format!("127.0.0.1:{}", self.members[i].client);
         let request =
             format!("{method} {path} HTTP/1.0\r\nHost: {url}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         http_exchange(&url, &request, Duration::from_secs(1))
     }
 
     pub(crate) fn healthy(&self, i: usize) -> bool {
-        self.http(i, "GET", "/health", "").contains("\"health\":\"true\"")
+        let url = format!("127.0.0.1:{}", self.members[i].health);
+        let request = format!("GET /health HTTP/1.0\r\nHost: {url}\r\n\r\n");
+        http_exchange(&url, &request, Duration::from_secs(1)).contains("\"health\":\"true\"")
     }
 
+    /// The client URLs, quoted and comma-separated for a plan's `endpoints: [...]`.
     pub(crate) fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|(_, client, _)| format!("\"http://127.0.0.1:{client}\""))
+            .map(|m| format!("\"{}://127.0.0.1:{}\"", self.scheme(), m.client))
             .collect::<Vec<_>>()
             .join(", ")
     }

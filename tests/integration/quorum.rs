@@ -10,11 +10,19 @@ use serde_json::Value;
 use crate::etcd::EtcdCluster;
 use crate::harness::{SimProcess, apply_via, noderoll};
 
-/// A plan for the simulator's control plane with etcd as quorum source.
+/// A plan for the simulator's control plane with etcd as quorum source (and, for a TLS
+/// cluster, its CA and client certificate).
 fn plan(dir: &Path, etcd: &EtcdCluster, timeout: &str) -> PathBuf {
+    let files = etcd.tls().map_or_else(String::new, |tls| {
+        format!(", caFile: {}, certFile: {}, keyFile: {}", tls.ca.display(), tls.cert.display(), tls.key.display())
+    });
+    plan_with(dir, &format!("{{endpoints: [{}]{files}}}", etcd.endpoints()), timeout)
+}
+
+/// `plan` with the given `etcd:` settings.
+fn plan_with(dir: &Path, etcd: &str, timeout: &str) -> PathBuf {
     let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: quorum}}\nspec:\n  loadBalancer: {{mode: external}}\n  quorum:\n    etcd: {{endpoints: [{}]}}\n    timeout: {timeout}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n",
-        etcd.endpoints()
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: quorum}}\nspec:\n  loadBalancer: {{mode: external}}\n  quorum:\n    etcd: {etcd}\n    timeout: {timeout}\n  defaults:\n    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n",
     );
     let path = dir.join("quorum.yaml");
     std::fs::write(&path, text).expect("write plan");
@@ -29,11 +37,17 @@ fn unschedulable(sim: &SimProcess, node: &str) -> bool {
     sim.kubectl_ok(&["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"]) == "true"
 }
 
-#[test]
-fn a_healthy_etcd_lets_the_control_plane_roll_through() {
-    let etcd = EtcdCluster::start();
+/// `preview --etcd` of `plan`: its text.
+fn live_preview(plan: &Path) -> String {
+    let preview = noderoll().arg("preview").arg(plan).arg("--etcd").assert().success();
+    String::from_utf8_lossy(&preview.get_output().stdout).into_owned()
+}
+
+/// Rolls the control plane through the gate of a healthy `etcd`; the plan, read live by
+/// `preview --etcd` afterwards, shows every member healthy.
+fn roll_through(etcd: &EtcdCluster) -> (SimProcess, PathBuf) {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
-    let plan = plan(sim.dir.path(), &etcd, "20s");
+    let plan = plan(sim.dir.path(), etcd, "20s");
     let out = apply(&sim, &plan).wait_with_output().expect("apply ends");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let events: Vec<Value> =
@@ -42,10 +56,64 @@ fn a_healthy_etcd_lets_the_control_plane_roll_through() {
     for node in ["cp1", "cp2", "cp3"] {
         assert!(!unschedulable(&sim, node));
     }
-    // The preview reads the same etcd live.
-    let preview = noderoll().arg("preview").arg(&plan).arg("--etcd").assert().success();
-    let text = String::from_utf8_lossy(&preview.get_output().stdout).into_owned();
+    let text = live_preview(&plan);
     assert!(text.contains("etcd (live): 3 member(s), 3 healthy"), "{text}");
+    (sim, plan)
+}
+
+#[test]
+fn a_healthy_etcd_lets_the_control_plane_roll_through() {
+    roll_through(&EtcdCluster::start());
+}
+
+#[test]
+fn an_etcd_served_over_tls_as_k3s_serves_it_gates_the_control_plane() {
+    // k3s's etcd takes only clients with a certificate its CA signed; the plan names the
+    // files as k3s keeps them.
+    let mut etcd = EtcdCluster::start_tls();
+    let (_sim, plan) = roll_through(&etcd);
+    etcd.kill(2);
+    let text = live_preview(&plan);
+    assert!(text.contains("etcd (live): 3 member(s), 2 healthy") && text.contains("unhealthy: cp3"), "{text}");
+}
+
+/// A certificate and key for `noderoll` signed by `ca`, written as `STEM.crt` and `STEM.key`.
+fn client_certificate(dir: &Path, stem: &str, ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["noderoll".to_owned()])
+        .expect("parameters")
+        .signed_by(&key, ca)
+        .expect("signed");
+    let paths = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    std::fs::write(&paths.0, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.1, key.serialize_pem()).expect("write key");
+    paths
+}
+
+#[test]
+fn an_etcd_served_over_tls_refuses_a_client_without_the_right_certificates() {
+    let etcd = EtcdCluster::start_tls();
+    let tls = etcd.tls().expect("TLS");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let other_ca = crate::etcd::certificate_authority();
+    let other_ca_file = dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca_file, other_ca.pem()).expect("write CA");
+    let (other_cert, other_key) = client_certificate(dir.path(), "other-client", &other_ca);
+    let preview = |ca: &Path, client: Option<(&Path, &Path)>| {
+        let files = client.map_or_else(String::new, |(cert, key)| {
+            format!(", certFile: {}, keyFile: {}", cert.display(), key.display())
+        });
+        let settings = format!("{{endpoints: [{}], caFile: {}{files}}}", etcd.endpoints(), ca.display());
+        live_preview(&plan_with(dir.path(), &settings, "20s"))
+    };
+    // Each refusal says which setting to change, not only the TLS alert.
+    for (text, hint) in [
+        (preview(&tls.ca, None), "set certFile and keyFile"),
+        (preview(&other_ca_file, Some((&tls.cert, &tls.key))), "caFile does not verify"),
+        (preview(&tls.ca, Some((&other_cert, &other_key))), "etcd refused certFile"),
+    ] {
+        assert!(text.contains("etcd (live): cannot read it") && text.contains(hint), "{hint}: {text}");
+    }
 }
 
 #[test]
@@ -62,8 +130,7 @@ fn an_alarm_makes_a_member_unhealthy_in_the_live_preview() {
         &format!("{{\"action\":\"ACTIVATE\",\"memberID\":\"{id}\",\"alarm\":\"NOSPACE\"}}"),
     );
     assert!(raised.contains("NOSPACE"), "{raised}");
-    let preview = noderoll().arg("preview").arg(&plan).arg("--etcd").assert().success();
-    let text = String::from_utf8_lossy(&preview.get_output().stdout).into_owned();
+    let text = live_preview(&plan);
     // etcd raises an alarm cluster-wide: every member's /health turns false, and its status
     // names the alarm.
     assert!(text.contains("unhealthy: cp3") && text.contains("alarm:NOSPACE"), "{text}");
