@@ -171,6 +171,8 @@ impl Etcd {
     /// Reads every member's health, leader and raft index.
     pub async fn health(&self) -> Result<Health, EtcdError> {
         let mut last = String::from("no endpoint configured");
+        // From any endpoint: the last one may have timed out where another refused the TLS.
+        let mut hint = None;
         let mut listed = None;
         for endpoint in &self.endpoints {
             match self.call(endpoint, "/v3/cluster/member/list", true).await {
@@ -178,11 +180,14 @@ impl Etcd {
                     listed = Some(list);
                     break;
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    hint = hint.or_else(|| tls_hint(&e, self.client_cert));
+                    last = e;
+                }
             }
         }
         let Some(list) = listed else {
-            if let Some(hint) = tls_hint(&last, self.client_cert) {
+            if let Some(hint) = hint {
                 last = format!("{last}; {hint}");
             }
             return Err(EtcdError::Unreachable { endpoints: self.endpoints.join(", "), last });
