@@ -71,12 +71,22 @@ impl Knot {
             std::fs::write(knot.dir.path().join("knot.conf"), config).expect("knot.conf");
             knot.port = port;
         }
-        panic!("knotd kept exiting at start (port taken?): see its log in {}", knot.dir.path().display())
+        panic!("knotd kept exiting at start (port taken?); its log:\n{}", knot.log())
     }
 
     /// Starts knotd on the existing config and storage (a restart keeps the zone's state).
+    /// The port is the one the plan names, so it cannot move; while it was free, another
+    /// process's socket may have taken it for a moment (a kdig query, a connection), and
+    /// knotd then exits: it tries again for up to 10 s.
     pub(crate) fn run(&mut self) {
-        assert!(self.try_run(), "knotd exited at start: see its log in {}", self.dir.path().display());
+        for _ in 0..20 {
+            if self.try_run() {
+                return;
+            }
+            self.stop();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("knotd kept exiting at start; its log:\n{}", self.log());
     }
 
     /// `run`; false if our knotd exited instead of answering (its port was taken).
@@ -98,6 +108,11 @@ impl Knot {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.running()
+    }
+
+    /// The last attempt's log (the temp dir goes with a failing test).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("knotd.log")).unwrap_or_default()
     }
 
     fn running(&mut self) -> bool {
