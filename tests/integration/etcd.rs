@@ -131,7 +131,11 @@ impl EtcdCluster {
     }
 
     fn all_running(&mut self) -> bool {
-        self.running.iter_mut().all(|c| c.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
+        (0..self.running.len()).all(|i| self.member_running(i))
+    }
+
+    fn member_running(&mut self, i: usize) -> bool {
+        self.running[i].as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn scheme(&self) -> &'static str {
@@ -204,9 +208,24 @@ impl EtcdCluster {
         }
     }
 
+    /// Starts member `i` again on its own ports (its peers know them). Another process's
+    /// socket may hold one of them for a moment, and the member then exits: it tries again
+    /// for up to 10 s.
     pub(crate) fn restart(&mut self, i: usize) {
-        self.kill(i);
-        self.running[i] = Some(self.spawn(i));
+        for _ in 0..20 {
+            self.kill(i);
+            self.running[i] = Some(self.spawn(i));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.member_running(i) && !self.healthy(i) {
+                assert!(Instant::now() < deadline, "etcd member {i} did not become healthy within 30 s");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self.member_running(i) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("etcd member {i} kept exiting at restart; the errors:\n{}", self.log_errors())
     }
 }
 
