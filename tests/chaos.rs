@@ -213,18 +213,19 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let mut code = first.code;
     let mut resumes: usize = 0;
     let mut named: Vec<String> = Vec::new();
+    let mut halted_at: Vec<String> = Vec::new();
     while code != 0 && resumes < tries {
         let resumed = roll_and_watch(&sim, &knot, &plan);
-        named = resumed
-            .events
-            .iter()
-            .rev()
-            .find(|e| e["event"] == "halted")
-            .and_then(|e| e["cordoned"].as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|n| n.as_str().map(str::to_owned))
-            .collect();
+        let halt = resumed.events.iter().rev().find(|e| e["event"] == "halted");
+        let strings = |values: Option<&Vec<Value>>, field: Option<&str>| -> Vec<String> {
+            values
+                .into_iter()
+                .flatten()
+                .filter_map(|v| field.map_or(v, |f| &v[f]).as_str().map(str::to_owned))
+                .collect()
+        };
+        named = strings(halt.and_then(|e| e["cordoned"].as_array()), None);
+        halted_at = strings(halt.and_then(|e| e["failed"].as_array()), Some("step"));
         tally.violations.extend(resumed.violations);
         tally.double_outages += resumed.double_outages;
         tally.samples += resumed.samples;
@@ -258,7 +259,9 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
         .collect();
     let (told, untold): (Vec<String>, Vec<String>) = cordoned.into_iter().partition(|n| !finished && named.contains(n));
     if !untold.is_empty() || !told.is_empty() {
-        eprintln!("run {number}: left cordoned {untold:?}; left cordoned and named by the halt {told:?}");
+        eprintln!(
+            "run {number}: left cordoned {untold:?}; left cordoned and named by the halt {told:?}; it halted at {halted_at:?}"
+        );
     }
     tally.left_cordoned = untold.len();
     tally.left_cordoned_named = told.len();
