@@ -3,11 +3,11 @@
 //! default; `start_tls` serves clients over TLS with client-certificate auth, as k3s does.
 //! Dropping it kills every member.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, Issuer, KeyPair};
 
 use crate::harness::{free_port, http_exchange};
 
@@ -38,21 +38,29 @@ pub(crate) fn certificate_authority() -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA certificate")
 }
 
+/// A key and a certificate for `names` signed by `ca`, written as `STEM.crt` and `STEM.key`
+/// in `dir`; their paths.
+pub(crate) fn write_certificate(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+    ca: &Issuer<'_, KeyPair>,
+) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().expect("key");
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let cert = CertificateParams::new(names).expect("parameters").signed_by(&key, ca).expect("signed");
+    let paths = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    std::fs::write(&paths.0, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.1, key.serialize_pem()).expect("write key");
+    paths
+}
+
 impl EtcdTls {
     /// A CA and, signed by it, a serving certificate for 127.0.0.1 and a client certificate.
-    fn write(dir: &std::path::Path) -> EtcdTls {
+    fn write(dir: &Path) -> EtcdTls {
         let ca = certificate_authority();
-        let leaf = |names: &[&str], stem: &str| {
-            let key = KeyPair::generate().expect("key");
-            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-            let cert = CertificateParams::new(names).expect("parameters").signed_by(&key, &ca).expect("signed");
-            let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
-            std::fs::write(&cert_path, cert.pem()).expect("write certificate");
-            std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-            (cert_path, key_path)
-        };
-        let (server_cert, server_key) = leaf(&["127.0.0.1", "localhost"], "server-client");
-        let (cert, key) = leaf(&["noderoll"], "client");
+        let (server_cert, server_key) = write_certificate(dir, "server-client", &["127.0.0.1", "localhost"], &ca);
+        let (cert, key) = write_certificate(dir, "client", &["noderoll"], &ca);
         let ca_path = dir.join("server-ca.crt");
         std::fs::write(&ca_path, ca.pem()).expect("write CA");
         EtcdTls { ca: ca_path, cert, key, server_cert, server_key }
@@ -97,12 +105,7 @@ impl EtcdCluster {
             let tls = tls.then(|| EtcdTls::write(dir.path()));
             let mut cluster = EtcdCluster { dir, members, running: Vec::new(), tls };
             cluster.running = (0..3).map(|i| Some(cluster.spawn(i))).collect();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while cluster.all_running() && !(0..3).all(|i| cluster.healthy(i)) {
-                assert!(Instant::now() < deadline, "etcd did not become healthy within 30 s");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if cluster.all_running() {
+            if cluster.become_healthy(0..3) {
                 return cluster;
             }
             errors = cluster.log_errors();
@@ -130,8 +133,19 @@ impl EtcdCluster {
             .join("\n")
     }
 
-    fn all_running(&mut self) -> bool {
-        (0..self.running.len()).all(|i| self.member_running(i))
+    /// Waits up to 30 s until `members` are healthy; false if one of them exited instead.
+    fn become_healthy(&mut self, members: std::ops::Range<usize>) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if !members.clone().all(|i| self.member_running(i)) {
+                return false;
+            }
+            if members.clone().all(|i| self.healthy(i)) {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "etcd members {members:?} did not become healthy within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn member_running(&mut self, i: usize) -> bool {
@@ -215,12 +229,7 @@ impl EtcdCluster {
         for _ in 0..20 {
             self.kill(i);
             self.running[i] = Some(self.spawn(i));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while self.member_running(i) && !self.healthy(i) {
-                assert!(Instant::now() < deadline, "etcd member {i} did not become healthy within 30 s");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if self.member_running(i) {
+            if self.become_healthy(i..i + 1) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(500));

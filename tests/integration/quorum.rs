@@ -7,16 +7,23 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::etcd::EtcdCluster;
+use crate::etcd::{EtcdCluster, certificate_authority, write_certificate};
 use crate::harness::{SimProcess, apply_via, noderoll};
 
 /// A plan for the simulator's control plane with etcd as quorum source (and, for a TLS
 /// cluster, its CA and client certificate).
 fn plan(dir: &Path, etcd: &EtcdCluster, timeout: &str) -> PathBuf {
-    let files = etcd.tls().map_or_else(String::new, |tls| {
-        format!(", caFile: {}, certFile: {}, keyFile: {}", tls.ca.display(), tls.cert.display(), tls.key.display())
-    });
-    plan_with(dir, &format!("{{endpoints: [{}]{files}}}", etcd.endpoints()), timeout)
+    let tls = etcd.tls();
+    let settings = etcd_settings(etcd, tls.map(|t| t.ca.as_path()), tls.map(|t| (t.cert.as_path(), t.key.as_path())));
+    plan_with(dir, &settings, timeout)
+}
+
+/// The plan's `etcd:` mapping: `etcd`'s endpoints, and the TLS files given.
+fn etcd_settings(etcd: &EtcdCluster, ca: Option<&Path>, client: Option<(&Path, &Path)>) -> String {
+    let ca = ca.map_or_else(String::new, |ca| format!(", caFile: {}", ca.display()));
+    let client = client
+        .map_or_else(String::new, |(cert, key)| format!(", certFile: {}, keyFile: {}", cert.display(), key.display()));
+    format!("{{endpoints: [{}]{ca}{client}}}", etcd.endpoints())
 }
 
 /// `plan` with the given `etcd:` settings.
@@ -90,34 +97,18 @@ fn an_etcd_served_over_tls_as_k3s_serves_it_gates_the_control_plane() {
     assert!(text.contains("unhealthy: cp3"), "{text}");
 }
 
-/// A certificate and key for `noderoll` signed by `ca`, written as `STEM.crt` and `STEM.key`.
-fn client_certificate(dir: &Path, stem: &str, ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["noderoll".to_owned()])
-        .expect("parameters")
-        .signed_by(&key, ca)
-        .expect("signed");
-    let paths = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
-    std::fs::write(&paths.0, cert.pem()).expect("write certificate");
-    std::fs::write(&paths.1, key.serialize_pem()).expect("write key");
-    paths
-}
-
 #[test]
 fn an_etcd_served_over_tls_refuses_a_client_without_the_right_certificates() {
     let etcd = EtcdCluster::start_tls();
     let tls = etcd.tls().expect("TLS");
     let dir = tempfile::tempdir().expect("temp dir");
-    let other_ca = crate::etcd::certificate_authority();
+    let other_ca = certificate_authority();
     let other_ca_file = dir.path().join("other-ca.crt");
     std::fs::write(&other_ca_file, other_ca.pem()).expect("write CA");
-    let (other_cert, other_key) = client_certificate(dir.path(), "other-client", &other_ca);
+    let (other_cert, other_key) = write_certificate(dir.path(), "other-client", &["noderoll"], &other_ca);
     // Each refusal says which setting to change, not only the TLS alert.
     let refused = |ca: &Path, client: Option<(&Path, &Path)>, hint: &str| {
-        let files = client.map_or_else(String::new, |(cert, key)| {
-            format!(", certFile: {}, keyFile: {}", cert.display(), key.display())
-        });
-        let settings = format!("{{endpoints: [{}], caFile: {}{files}}}", etcd.endpoints(), ca.display());
+        let settings = etcd_settings(&etcd, Some(ca), client);
         let text = live_preview_until(&plan_with(dir.path(), &settings, "20s"), hint);
         assert!(text.contains("etcd (live): cannot read it"), "{text}");
     };
