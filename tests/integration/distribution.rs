@@ -54,3 +54,19 @@ fn man_pages_cover_every_command() {
         assert!(page.contains(".SH NAME") && page.contains(".SH OPTIONS"), "noderoll-{command}.1");
     }
 }
+
+#[test]
+fn the_readmes_cargo_run_picks_the_noderoll_binary() {
+    // README's first command is `cargo run --release -- rehearse ...`; with the kubectl
+    // plugin as a second binary, cargo refuses to guess unless `default-run` names one.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(repo())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let package = metadata["packages"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "noderoll"));
+    assert_eq!(package.map(|p| &p["default_run"]), Some(&serde_json::Value::from("noderoll")));
+}
