@@ -16,8 +16,11 @@ use crate::plan::resolved::{DnsProviderPlan, UrlSource};
 
 /// Where the plan (and the files it names) is mounted in the pod.
 const PLAN_DIR: &str = "/etc/noderoll";
-/// The pod's writable folder for hook logs.
+/// The pod's writable folder for hook logs, and its HOME (ssh writes known_hosts there).
 const STATE_DIR: &str = "/var/lib/noderoll";
+/// The user the pod runs as: not root, so that a namespace enforcing the `restricted` Pod
+/// Security level admits it (65532 is distroless' `nonroot`).
+const RUN_AS_USER: u32 = 65532;
 
 /// How to write the manifests.
 #[derive(Debug, Clone)]
@@ -181,10 +184,25 @@ pub fn render(
                 "spec": {
                     "serviceAccountName": "noderoll",
                     "restartPolicy": "Never",
+                    // What the `restricted` Pod Security level asks of a pod: the real
+                    // API server refused the pod without it.
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": RUN_AS_USER,
+                        "runAsGroup": RUN_AS_USER,
+                        "fsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [{
                         "name": "noderoll",
                         "image": options.image,
                         "args": args,
+                        "env": [{"name": "HOME", "value": STATE_DIR}],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
                         "volumeMounts": [
                             {"name": "plan", "mountPath": PLAN_DIR, "readOnly": true},
                             {"name": "state", "mountPath": STATE_DIR},
@@ -293,6 +311,21 @@ mod tests {
         assert!(matches!(render(&plan, &text, Path::new("p.yaml"), &six), Err(ManifestError::Schedule(_, 6))));
         let five = ManifestOptions { schedule: Some("0 2 * * 0".into()), ..options() };
         assert!(render(&plan, &text, Path::new("p.yaml"), &five).is_ok());
+    }
+
+    #[test]
+    fn the_cron_jobs_pod_meets_the_restricted_pod_security_level() {
+        // The checks of the `restricted` level that a pod spec can fail; the real API
+        // server's PodSecurity admission is the referee (tests/integration/real_rbac.rs).
+        let (plan, text) = plan("  window: {cron: \"0 22 * * 5\", duration: 8h, timezone: Europe/London}\n");
+        let yaml = render(&plan, &text, Path::new("plans/studio.yaml"), &options()).expect("manifests");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
+        let pod = &docs[6]["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        let container = &pod["containers"][0]["securityContext"];
+        assert_eq!(container["allowPrivilegeEscalation"], false);
+        assert_eq!(container["capabilities"]["drop"], json!(["ALL"]));
     }
 
     #[test]
