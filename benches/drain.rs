@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::SimProcess;
+use harness::{Cluster, SimProcess};
 use serde_json::Value;
 
 const NEW_VERSION: &str = "v1.31.4+k3s1";

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use etcd::EtcdCluster;
-use harness::{Random, SimProcess, kill_when};
+use harness::{Cluster, Random, SimProcess, kill_when};
 use knot::{KEY, Knot, PlanExtra, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
 
 /// Which suite runs.

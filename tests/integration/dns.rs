@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Random, SimProcess, kill_when, noderoll};
+use crate::harness::{Cluster, Random, SimProcess, kill_when, noderoll};
 use crate::knot::{
     KEY, Knot, PlanExtra, RECORD, SERVICE_ADDRESSES, WRONG_KEY, Watched, cordoned, finish, rfc2136, rfc2136_keyed,
     roll_and_watch, servicelb_plan, start_apply, watch,

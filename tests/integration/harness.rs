@@ -114,6 +114,57 @@ pub(crate) fn yaml_files(dir: &str) -> Vec<PathBuf> {
     files
 }
 
+/// A Kubernetes API server that the tests drive with real kubectl: the simulator
+/// ([`SimProcess`]) or the real control plane (`control_plane::ControlPlane`).
+pub(crate) trait Cluster {
+    fn kubeconfig(&self) -> PathBuf;
+
+    /// A folder of the cluster's own for kubectl's cache and the tests' files.
+    fn scratch(&self) -> &Path;
+
+    /// The body of a 200 answer to `GET path`, asked without a kubectl process (watchers
+    /// ask many times a second).
+    fn get(&self, path: &str) -> Option<String>;
+
+    /// Runs real kubectl against the cluster.
+    fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(kubectl_binary())
+            .args(args)
+            .arg("--cache-dir")
+            .arg(self.scratch().join("kube-cache"))
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.scratch())
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// kubectl that must succeed; its stdout.
+    fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl get nodes -o json`.
+    fn nodes(&self) -> serde_json::Value {
+        serde_json::from_str(&self.kubectl_ok(&["get", "nodes", "-o", "json"])).expect("nodes JSON")
+    }
+
+    /// Polls `check` until it holds, for up to 30 s.
+    fn eventually(&self, what: &str, check: impl FnMut() -> bool) {
+        eventually_within(std::time::Duration::from_secs(30), what, check);
+    }
+}
+
+/// Polls `check` until it holds, for up to `limit`.
+pub(crate) fn eventually_within(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A `noderoll sim serve` process on a free loopback port, with its own temp dir for the
 /// kubeconfig, kubectl's cache and the audit log. Dropping it kills the process, so a
 /// failing test never leaves a server behind.
@@ -167,52 +218,12 @@ impl SimProcess {
         sim
     }
 
-    pub(crate) fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    /// Runs real kubectl against the simulator.
-    pub(crate) fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(kubectl_binary())
-            .args(args)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.dir.path())
-            .output()
-            .expect("kubectl runs")
-    }
-
-    /// kubectl that must succeed; its stdout.
-    pub(crate) fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Creates the objects of a YAML manifest with real kubectl (the simulator serves no
     /// OpenAPI document, hence `--validate=false`).
     pub(crate) fn create(&self, yaml: &str) {
         let path = self.dir.path().join("manifest.yaml");
         std::fs::write(&path, yaml).expect("write manifest");
         self.kubectl_ok(&["create", "--validate=false", "-f", path.to_str().expect("utf-8")]);
-    }
-
-    /// One HTTP/1.0 GET to the simulator (whose faults apply to it too); the body of a
-    /// 200 answer.
-    pub(crate) fn get(&self, path: &str) -> Option<String> {
-        let address = match self.address.get() {
-            Some(address) => address,
-            None => {
-                let kubeconfig = std::fs::read_to_string(self.kubeconfig()).ok()?;
-                let found = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: http://"))?;
-                self.address.get_or_init(|| found.to_owned())
-            }
-        };
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n");
-        let answer = http_exchange(address, &request, std::time::Duration::from_secs(2));
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     }
 
     /// `noderoll sim ctl ...` against this simulator.
@@ -226,24 +237,10 @@ impl SimProcess {
         SimCtl { kubeconfig: self.kubeconfig() }
     }
 
-    /// Polls `check` until it holds, for up to 30 s.
-    pub(crate) fn eventually(&self, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !check() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-
     /// The simulator's control state (reboots per node, faults, time).
     pub(crate) fn state(&self) -> serde_json::Value {
         let out = self.ctl(&["state"]).get_output().stdout.clone();
         serde_json::from_slice(&out).expect("state is JSON")
-    }
-
-    /// `kubectl get nodes -o json`.
-    pub(crate) fn nodes(&self) -> serde_json::Value {
-        serde_json::from_str(&self.kubectl_ok(&["get", "nodes", "-o", "json"])).expect("nodes JSON")
     }
 
     /// Every node schedulable and on the new kubelet version; `count` nodes rebooted, each
@@ -272,6 +269,33 @@ impl SimProcess {
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
         let output = child.wait_with_output().expect("the simulator exits");
         (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+impl Cluster for SimProcess {
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// One HTTP/1.0 GET to the simulator (whose faults apply to it too); the body of a
+    /// 200 answer.
+    fn get(&self, path: &str) -> Option<String> {
+        let address = match self.address.get() {
+            Some(address) => address,
+            None => {
+                let kubeconfig = std::fs::read_to_string(self.kubeconfig()).ok()?;
+                let found = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: http://"))?;
+                self.address.get_or_init(|| found.to_owned())
+            }
+        };
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: application/json\r\n\r\n");
+        let answer = http_exchange(address, &request, std::time::Duration::from_secs(2));
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     }
 }
 

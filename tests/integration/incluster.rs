@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::harness::{SIM_UPGRADE, SimProcess, apply_via, kill_when, noderoll, small_plan};
+use crate::harness::{Cluster, SIM_UPGRADE, SimProcess, apply_via, kill_when, noderoll, small_plan};
 
 const JOURNAL: &str = "kube-system/noderoll-journal";
 

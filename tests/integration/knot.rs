@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, apply_via, free_port};
+use crate::harness::{Cluster, SIM_UPGRADE, apply_via, free_port};
 
 /// The key knotd knows; the tests' own, good for nothing else.
 pub(crate) const KEY: &str = "bm9kZXJvbGwtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
@@ -190,12 +190,12 @@ impl Drop for Knot {
 }
 
 /// The service nodes cordoned now.
-pub(crate) fn cordoned(sim: &SimProcess) -> BTreeSet<String> {
+pub(crate) fn cordoned(sim: &impl Cluster) -> BTreeSet<String> {
     try_cordoned(sim).expect("kubectl get nodes")
 }
 
 /// `cordoned`, or `None` when the API answered with an error (the chaos suite injects them).
-pub(crate) fn try_cordoned(sim: &SimProcess) -> Option<BTreeSet<String>> {
+pub(crate) fn try_cordoned(sim: &impl Cluster) -> Option<BTreeSet<String>> {
     try_service_nodes(sim).map(|s| s.cordoned)
 }
 
@@ -211,7 +211,7 @@ pub(crate) struct ServiceNodes {
 /// The service nodes (cp*) cordoned or not Ready, if the API server answered. The watcher
 /// asks thousands of times a run, so it reads the node list over plain HTTP: a kubectl
 /// process per question cost a CPU core and sampled five times a second.
-pub(crate) fn try_service_nodes(sim: &SimProcess) -> Option<ServiceNodes> {
+pub(crate) fn try_service_nodes(sim: &impl Cluster) -> Option<ServiceNodes> {
     let list: Value = serde_json::from_str(&sim.get("/api/v1/nodes")?).ok()?;
     let mut nodes = ServiceNodes { cordoned: BTreeSet::new(), not_ready: BTreeSet::new() };
     for node in list["items"].as_array()? {
@@ -247,6 +247,8 @@ pub(crate) struct PlanExtra<'a> {
     pub(crate) defaults: &'a str,
     /// Batches after the control plane's.
     pub(crate) batches: &'a str,
+    /// The upgrade hook as YAML argv; empty: the simulator's.
+    pub(crate) upgrade: &'a str,
 }
 
 /// A ServiceLB plan for the simulator's cp1..3 with `provider` (YAML lines under
@@ -258,8 +260,9 @@ pub(crate) fn servicelb_plan(dir: &Path, strategy: &str, provider: &str, extra: 
         format!("etcd: {{endpoints: [{}]}}, ", extra.etcd_endpoints)
     };
     let PlanExtra { dns, defaults, batches, .. } = extra;
+    let upgrade = if extra.upgrade.is_empty() { SIM_UPGRADE } else { extra.upgrade };
     let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns}  quorum: {{{etcd}timeout: 20s}}\n  defaults:\n{defaults}    upgrade:\n      command: [noderoll, sim, ctl, upgrade, \"{{node}}\", --kubelet-version, v1.31.4+k3s1]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 20s}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches}"
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: dns}}\nspec:\n  loadBalancer:\n    mode: servicelb\n    dns:\n      name: {RECORD}\n      strategy: {strategy}\n      provider:\n{provider}{dns}  quorum: {{{etcd}timeout: 20s}}\n  defaults:\n{defaults}    upgrade:\n      command: {upgrade}\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 20s}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n{batches}"
     );
     let path = dir.join("dns.yaml");
     std::fs::write(&path, text).expect("write plan");
@@ -280,7 +283,7 @@ pub(crate) fn rfc2136_keyed(dir: &Path, knot: &Knot, secret: &str, algorithm: &s
     )
 }
 
-pub(crate) fn start_apply(sim: &SimProcess, plan: &Path) -> Child {
+pub(crate) fn start_apply(sim: &impl Cluster, plan: &Path) -> Child {
     apply_via(&sim.kubeconfig(), plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("apply starts")
 }
 
@@ -308,12 +311,12 @@ pub(crate) struct Watched {
 }
 
 /// Runs apply to its end, asking knotd and the API server over and over what they hold.
-pub(crate) fn roll_and_watch(sim: &SimProcess, knot: &Knot, plan: &Path) -> Watched {
+pub(crate) fn roll_and_watch(sim: &impl Cluster, knot: &Knot, plan: &Path) -> Watched {
     watch(sim, knot, start_apply(sim, plan))
 }
 
 /// `roll_and_watch` of an apply already started.
-pub(crate) fn watch(sim: &SimProcess, knot: &Knot, mut child: Child) -> Watched {
+pub(crate) fn watch(sim: &impl Cluster, knot: &Knot, mut child: Child) -> Watched {
     let mut seen_out: BTreeSet<String> = BTreeSet::new();
     let mut violations = Vec::new();
     let mut samples = 0;

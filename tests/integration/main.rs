@@ -1,6 +1,7 @@
 //! Behaviour through the real `noderoll` binary.
 
 mod check;
+mod control_plane;
 mod distribution;
 mod dns;
 mod etcd;
@@ -12,6 +13,12 @@ mod notify;
 mod preview;
 mod prometheus;
 mod quorum;
+mod real_drain;
+mod real_outage;
+mod real_preview;
+mod real_rbac;
+mod real_resume;
+mod real_rollout;
 mod rollout;
 mod schema;
 mod sim_kube;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::harness::{SIM_UPGRADE, SimProcess, noderoll, path_with_binary, small_plan, yaml_files};
+use crate::harness::{Cluster, SIM_UPGRADE, SimProcess, noderoll, path_with_binary, small_plan, yaml_files};
 
 fn manifests(plan: &std::path::Path, extra: &[&str]) -> String {
     let out = noderoll().arg("manifests").arg(plan).args(extra).assert().success();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::harness::{SIM_UPGRADE, SimProcess, apply_via, free_port, small_plan};
+use crate::harness::{Cluster, SIM_UPGRADE, SimProcess, apply_via, free_port, small_plan};
 
 /// Records the JSON bodies POSTed to it; answers `status` to each.
 struct Receiver {

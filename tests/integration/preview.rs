@@ -115,7 +115,7 @@ fn invalid_and_unplannable_plans_exit_1() {
 mod with_a_cluster {
     use serde_json::Value;
 
-    use crate::harness::{SimProcess, noderoll};
+    use crate::harness::{Cluster, SimProcess, noderoll};
 
     /// A snapshot of a simulated studio where ws01 and ws02 sit in rack r1 and coredns has a
     /// budget that allows no disruption.

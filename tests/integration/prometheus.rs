@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{SIM_UPGRADE, SimProcess, apply_via, free_port, noderoll, small_plan};
+use crate::harness::{Cluster, SIM_UPGRADE, SimProcess, apply_via, free_port, noderoll, small_plan};
 
 /// A Prometheus server; dropping it kills it.
 pub(crate) struct Prometheus {

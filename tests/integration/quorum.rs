@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::etcd::{EtcdCluster, certificate_authority, write_certificate};
-use crate::harness::{SimProcess, apply_via, noderoll};
+use crate::harness::{Cluster, SimProcess, apply_via, noderoll};
 
 /// A plan for the simulator's control plane with etcd as quorum source (and, for a TLS
 /// cluster, its CA and client certificate).

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{Random, SimProcess, apply_via, kill_when, noderoll, yaml_files};
+use crate::harness::{Cluster, Random, SimProcess, apply_via, kill_when, noderoll, yaml_files};
 
 /// A plan for the generated studio (cp1..3, ws01..06) with an external LB and the
 /// simulator's upgrade as hook (reaching it through KUBECONFIG, which apply sets from

@@ -1,7 +1,7 @@
 //! The simulator, driven by real kubectl: what operators run in the runbook works against
 //! it as against a cluster.
 
-use crate::harness::SimProcess;
+use crate::harness::{Cluster, SimProcess};
 
 #[test]
 fn kubectl_lists_nodes_and_pods_with_server_side_columns() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::harness::{SimProcess, apply_via, noderoll};
+use crate::harness::{Cluster, SimProcess, apply_via, noderoll};
 
 /// Real seconds per simulated second, for the simulator and the plan clock alike: a
 /// 20-minute gap between windows passes in 6 s.

@@ -1,0 +1,176 @@
+//! noderoll's drain on the real control plane: a budget that the real disruption
+//! controller keeps, an emptyDir pod, DaemonSet pods left where they are, a pod already
+//! terminating, and the refusal when emptyDir data would be lost.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::control_plane::{ControlPlane, Studio, upgrade_hook};
+use crate::harness::{Cluster, apply_via};
+
+/// A plan that upgrades one workstation, sessions drained after 2 s.
+fn plan(dir: &Path, name: &str, node: &str, drain: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {drain}\n    upgrade: {{command: {}, timeout: 1m}}\n    verify: {{kubeletVersion: {}, readyTimeout: 1m}}\n  batches:\n    - {{name: one, role: workstation, nodes: [{node}]}}\n",
+        upgrade_hook(),
+        crate::control_plane::NEW_KUBELET,
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+/// Workloads (on workstations only) that land on `node`: every other workstation is
+/// cordoned while they are created. They stay cordoned: the caller uncordons them when
+/// the replacements may go there.
+fn pin_to(plane: &ControlPlane, studio: &Studio, node: &str, yaml: &str, pods: usize) -> Vec<String> {
+    let others: Vec<String> = studio.workstation_names().into_iter().filter(|n| n != node).collect();
+    for other in &others {
+        plane.kubectl_ok(&["cordon", other]);
+    }
+    plane.apply_manifest(yaml);
+    plane.eventually(&format!("{pods} test pods run on {node}"), || {
+        let out = plane.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            "drain",
+            "--field-selector",
+            &format!("spec.nodeName={node},status.phase=Running"),
+            "-o",
+            "name",
+        ]);
+        out.lines().count() == pods
+    });
+    others
+}
+
+const WORKLOADS: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: budgeted, namespace: drain}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: budgeted}}\n  template:\n    metadata: {labels: {app: budgeted}}\n    spec:\n      nodeSelector: {juno-innovations.com/workstation: \"true\"}\n      tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n      terminationGracePeriodSeconds: 2\n      containers: [{name: app, image: app:1}]\n\
+---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: budgeted, namespace: drain}\nspec:\n  maxUnavailable: 1\n  selector: {matchLabels: {app: budgeted}}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: scratch, namespace: drain}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: scratch}}\n  template:\n    metadata: {labels: {app: scratch}}\n    spec:\n      nodeSelector: {juno-innovations.com/workstation: \"true\"}\n      tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n      terminationGracePeriodSeconds: 1\n      volumes: [{name: scratch, emptyDir: {}}]\n      containers: [{name: app, image: app:1, volumeMounts: [{name: scratch, mountPath: /scratch}]}]\n\
+---\napiVersion: v1\nkind: Pod\nmetadata: {name: leaving, namespace: drain}\nspec:\n  nodeSelector: {juno-innovations.com/workstation: \"true\"}\n  tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n  terminationGracePeriodSeconds: 6\n  containers: [{name: app, image: app:1}]\n";
+
+/// Evictions the API server answered, by pod and status code, from its audit log.
+fn evictions(plane: &ControlPlane) -> Vec<(String, i64)> {
+    plane
+        .audit()
+        .iter()
+        .filter(|e| e["objectRef"]["subresource"] == "eviction" && e["stage"] == "ResponseComplete")
+        .map(|e| {
+            (
+                e["objectRef"]["name"].as_str().unwrap_or_default().to_owned(),
+                e["responseStatus"]["code"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_drain_on_the_real_control_plane_waits_for_the_budget_leaves_daemonset_pods_and_waits_out_a_terminating_pod() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    let others = pin_to(&plane, &studio, "ws01", WORKLOADS, 4);
+    plane.eventually("the disruption controller allows one disruption", || {
+        plane.kubectl_ok(&["get", "pdb", "-n", "drain", "budgeted", "-o", "jsonpath={.status.disruptionsAllowed}"])
+            == "1"
+    });
+    // A pod already on its way out when the drain starts: noderoll waits for it (6 s of
+    // grace) instead of evicting it again.
+    plane.kubectl_ok(&["delete", "pod", "-n", "drain", "leaving", "--wait=false"]);
+    let daemon_pod = plane.kubectl_ok(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "app=node-exporter",
+        "--field-selector",
+        "spec.nodeName=ws01",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = plan(dir.path(), "drain", "ws01", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true}");
+    let apply =
+        apply_via(&plane.kubeconfig(), &plan, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("apply");
+    // ws02 is still cordoned: the first budgeted pod's replacement cannot run, so the
+    // budget refuses the second eviction until ws02 takes pods again.
+    plane.eventually("the budget refuses an eviction", || {
+        evictions(&plane).iter().any(|(pod, code)| pod.starts_with("budgeted-") && *code == 429)
+    });
+    for other in &others {
+        plane.kubectl_ok(&["uncordon", other]);
+    }
+    let out = apply.wait_with_output().expect("apply ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "apply failed: {stderr}");
+
+    let answered = evictions(&plane);
+    let budgeted: Vec<&(String, i64)> = answered.iter().filter(|(pod, _)| pod.starts_with("budgeted-")).collect();
+    assert!(
+        budgeted.iter().any(|(_, code)| *code == 429),
+        "the budget refused the second eviction while the first pod's replacement could not run: {answered:?}"
+    );
+    assert_eq!(budgeted.iter().filter(|(_, code)| *code == 201).count(), 2, "both budgeted pods evicted: {answered:?}");
+    assert!(answered.iter().any(|(pod, code)| pod.starts_with("scratch-") && *code == 201), "{answered:?}");
+    assert!(!answered.iter().any(|(pod, _)| pod == "leaving"), "the terminating pod was not evicted: {answered:?}");
+    assert!(!answered.iter().any(|(pod, _)| *pod == daemon_pod), "the DaemonSet pod was not evicted: {answered:?}");
+    let deleted: Vec<Value> = plane
+        .audit()
+        .into_iter()
+        .filter(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "pods")
+        .filter(|e| {
+            e["user"]["username"] == "noderoll-admin" && !e["userAgent"].as_str().unwrap_or("").starts_with("kubectl")
+        })
+        .collect();
+    assert!(deleted.is_empty(), "noderoll went through the Eviction API only, never DELETE: {deleted:?}");
+
+    let on_node: Value = serde_json::from_str(&plane.kubectl_ok(&[
+        "get",
+        "pods",
+        "-A",
+        "--field-selector",
+        "spec.nodeName=ws01",
+        "-o",
+        "json",
+    ]))
+    .expect("pods JSON");
+    let names: Vec<&str> =
+        on_node["items"].as_array().into_iter().flatten().filter_map(|p| p["metadata"]["name"].as_str()).collect();
+    assert!(names.contains(&daemon_pod.as_str()), "the DaemonSet pod stays on ws01: {names:?}");
+    let ready =
+        plane.kubectl_ok(&["get", "deployment", "-n", "drain", "budgeted", "-o", "jsonpath={.status.readyReplicas}"]);
+    assert_eq!(ready, "2", "the budgeted Deployment serves again, on ws02");
+}
+
+#[test]
+fn a_drain_on_the_real_control_plane_refuses_a_pod_whose_emptydir_data_would_be_lost() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    let others = pin_to(&plane, &studio, "ws02", WORKLOADS, 4);
+    for other in &others {
+        plane.kubectl_ok(&["uncordon", other]);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = plan(dir.path(), "keep", "ws02", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: false}");
+    let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert!(!out.status.success(), "the drain must refuse");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let halted: Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "halted")
+        .unwrap_or_else(|| panic!("a halted event: {stdout}"));
+    assert_eq!(halted["failed"][0]["step"], "ws02/drain", "{halted}");
+    let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("drain/scratch-") && error.contains("set drain.deleteEmptyDirData: true"), "{error}");
+    assert_eq!(halted["cordoned"], serde_json::json!(["ws02"]), "the halt names the node it leaves cordoned");
+    assert!(evictions(&plane).is_empty(), "nothing was evicted: {:?}", evictions(&plane));
+    let node = plane.kubectl_ok(&["get", "node", "ws02", "-o", "jsonpath={.spec.unschedulable}"]);
+    assert_eq!(node, "true", "the node stays cordoned for the operator, as the halt says");
+}
