@@ -191,8 +191,12 @@ impl Cluster {
         if let Some(m) = metadata.as_object_mut() {
             m.remove("deletionTimestamp");
             m.remove("resourceVersion");
+            // The API server stores no null: a template without annotations gives a pod
+            // without them (the real server's schema check found `annotations: null`).
+            m.retain(|_, v| !v.is_null());
         }
         super::controllers::defaults(self, resource, &mut value);
+        super::validation::validate(resource, &value)?;
         self.store.insert(resource, value)
     }
 
@@ -244,6 +248,7 @@ impl Cluster {
         if merged == old {
             return Ok(current.clone());
         }
+        super::validation::validate(resource, &merged)?;
         self.store.replace(resource, merged)
     }
 

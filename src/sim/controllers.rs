@@ -342,13 +342,23 @@ fn start_pod(cluster: &mut Cluster, key: &Key, uid: &str) {
             .into_iter()
             .flatten()
             .map(|c| {
-                json!({"name": c["name"], "image": c["image"], "ready": true, "started": true, "restartCount": 0,
-                       "state": {"running": {"startedAt": now}}})
+                json!({"name": c["name"], "image": c["image"], "imageID": image_id(&c["image"]), "ready": true,
+                       "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}}})
             })
             .collect();
         pod["status"]["containerStatuses"] = json!(containers);
         set_conditions(pod, true, &now);
     });
+}
+
+/// The image's digest as a kubelet reports it (`imageID` is required in a container's
+/// status): made up from the image's name, the same for the same image.
+fn image_id(image: &Value) -> String {
+    use sha2::Digest;
+    let image = image.as_str().unwrap_or_default();
+    let digest = sha2::Sha256::digest(image.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}@sha256:{hex}", image.split(':').next().unwrap_or(image))
 }
 
 fn set_pod_ready(cluster: &mut Cluster, key: &Key, ready: bool) {

@@ -25,6 +25,7 @@ mod snapshot;
 mod status;
 mod store;
 mod table;
+mod validation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
