@@ -101,8 +101,20 @@ impl ControlPlane {
         self.kubectl_ok(&["apply", "--server-side", "-f", path.to_str().expect("utf-8")]);
     }
 
-    /// The studio: nodes (kwok's), their addresses and old kubelet, and the workloads.
+    /// The studio: its nodes, then the workloads.
     pub(crate) fn studio(&self, studio: &Studio) {
+        self.studio_nodes(studio);
+        self.apply_manifest(&studio.workloads());
+        let expected = studio.expected_pods();
+        eventually_within(Duration::from_secs(120), &format!("{expected} pods run"), || {
+            self.running_pods() >= expected
+        });
+        let last = self.audit_log().iter().filter_map(|e| e["stageTimestamp"].as_str().map(str::to_owned)).max();
+        *self.studio_ready.borrow_mut() = last.unwrap_or_default();
+    }
+
+    /// The studio's nodes alone (kwok's), with their addresses and old kubelet, Ready.
+    pub(crate) fn studio_nodes(&self, studio: &Studio) {
         self.apply_manifest(&studio.nodes());
         for node in studio.node_names() {
             let address = studio.address(&node);
@@ -117,13 +129,6 @@ impl ControlPlane {
         eventually_within(Duration::from_secs(60), "every node is Ready and schedulable", || {
             self.ready_nodes() == count
         });
-        self.apply_manifest(&studio.workloads());
-        let expected = studio.expected_pods();
-        eventually_within(Duration::from_secs(120), &format!("{expected} pods run"), || {
-            self.running_pods() >= expected
-        });
-        let last = self.audit_log().iter().filter_map(|e| e["stageTimestamp"].as_str().map(str::to_owned)).max();
-        *self.studio_ready.borrow_mut() = last.unwrap_or_default();
     }
 
     /// Nodes whose Ready condition is True and that carry no `node.kubernetes.io/` taint.
@@ -143,12 +148,6 @@ impl ControlPlane {
     pub(crate) fn running_pods(&self) -> usize {
         let out = self.kubectl_ok(&["get", "pods", "-A", "--field-selector", "status.phase=Running", "-o", "name"]);
         out.lines().count()
-    }
-
-    /// The first API server's URL.
-    pub(crate) fn server(&self) -> String {
-        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).expect("kubeconfig");
-        kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_owned()
     }
 
     /// Every node schedulable, on the new kubelet, and booted exactly once more than the
@@ -212,22 +211,20 @@ impl Cluster for ControlPlane {
         self.dir.path()
     }
 
-    /// `GET path` of the API server, as the admin (curl with the client certificate): the
-    /// body of a 2xx answer. Quicker than a kubectl process, for watchers that ask often.
-    fn get(&self, path: &str) -> Option<String> {
+    fn credentials(&self) -> Vec<std::ffi::OsString> {
         let pki = self.dir.path().join("pki");
-        let server = self.server();
-        let out = Command::new("curl")
-            .args(["-fsS", "--max-time", "2", "--cacert"])
-            .arg(pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(pki.join("admin.crt"))
-            .arg("--key")
-            .arg(pki.join("admin.key"))
-            .arg(format!("{server}{path}"))
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        ["--cacert", "ca.crt", "--cert", "admin.crt", "--key", "admin.key"]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| if i % 2 == 0 { (*a).into() } else { pki.join(a).into_os_string() })
+            .collect()
+    }
+
+    /// `GET path` as the admin, with curl: quicker than a kubectl process, for watchers
+    /// that ask often.
+    fn get(&self, path: &str) -> Option<String> {
+        let (code, body) = self.request("GET", path, "application/json", "");
+        (code == 200).then_some(body)
     }
 }
 

@@ -126,6 +126,38 @@ pub(crate) trait Cluster {
     /// ask many times a second).
     fn get(&self, path: &str) -> Option<String>;
 
+    /// The API server's base URL.
+    fn server(&self) -> String {
+        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).expect("kubeconfig");
+        kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_owned()
+    }
+
+    /// curl's arguments that authenticate to the server (none for the simulator).
+    fn credentials(&self) -> Vec<std::ffi::OsString> {
+        Vec::new()
+    }
+
+    /// One request with curl, as it goes over the wire: the status code and the body.
+    fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+        let mut body_file = tempfile::NamedTempFile::new_in(self.scratch()).expect("temp file");
+        std::io::Write::write_all(&mut body_file, body.as_bytes()).expect("write request body");
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-X", method, "-H", &format!("Content-Type: {content_type}")])
+            .args(["-H", "Accept: application/json", "-w", "\n%{http_code}"])
+            .args(self.credentials())
+            .args(if body.is_empty() {
+                vec![]
+            } else {
+                vec!["--data-binary".to_owned(), format!("@{}", body_file.path().display())]
+            })
+            .arg(format!("{}{path}", self.server()))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     /// Runs real kubectl against the cluster.
     fn kubectl(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(kubectl_binary())

@@ -21,6 +21,7 @@ mod real_resume;
 mod real_rollout;
 mod rollout;
 mod schema;
+mod sim_conformance;
 mod sim_kube;
 mod sim_kubectl;
 mod windows;
