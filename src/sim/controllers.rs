@@ -571,18 +571,30 @@ fn statefulset(cluster: &mut Cluster, key: &Key, uid: &str, value: &Value) {
 
 /// Whether `tolerations` tolerate every NoSchedule/NoExecute taint of `node`.
 fn tolerates(tolerations: &[Value], node: &NodeInfo, extra: &[&str]) -> bool {
-    node.taints.iter().filter(|t| t["effect"] != "PreferNoSchedule").all(|taint| {
-        extra.contains(&taint["key"].as_str().unwrap_or_default())
-            || tolerations.iter().any(|t| {
-                let key_ok = t["key"] == taint["key"]
-                    || (t["key"].as_str().is_none_or(str::is_empty) && t["operator"] == "Exists");
-                let value_ok = t["operator"] == "Exists"
-                    || t["value"] == taint["value"]
-                    || (t["value"].is_null() && taint["value"].is_null());
-                let effect_ok = t["effect"].as_str().is_none_or(str::is_empty) || t["effect"] == taint["effect"];
-                key_ok && value_ok && effect_ok
-            })
+    node.taints
+        .iter()
+        .filter(|t| t["effect"] != "PreferNoSchedule")
+        .all(|taint| extra.contains(&taint["key"].as_str().unwrap_or_default()) || tolerates_taint(tolerations, taint))
+}
+
+/// Whether one of `tolerations` tolerates `taint`.
+fn tolerates_taint(tolerations: &[Value], taint: &Value) -> bool {
+    tolerations.iter().any(|t| {
+        let key_ok =
+            t["key"] == taint["key"] || (t["key"].as_str().is_none_or(str::is_empty) && t["operator"] == "Exists");
+        let value_ok = t["operator"] == "Exists"
+            || t["value"] == taint["value"]
+            || (t["value"].is_null() && taint["value"].is_null());
+        let effect_ok = t["effect"].as_str().is_none_or(str::is_empty) || t["effect"] == taint["effect"];
+        key_ok && value_ok && effect_ok
     })
+}
+
+/// Whether a pod may go to a cordoned node: the real scheduler's NodeUnschedulable plugin
+/// lets a pod that tolerates `node.kubernetes.io/unschedulable:NoSchedule` through (seen
+/// on kube-scheduler v1.36.3: a Deployment tolerating every taint went to cordoned nodes).
+fn tolerates_cordon(tolerations: &[Value]) -> bool {
+    tolerates_taint(tolerations, &json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}))
 }
 
 fn node_selector_matches(spec: &Value, node: &NodeInfo) -> bool {
@@ -664,7 +676,10 @@ fn schedule(cluster: &mut Cluster) {
                 .nodes
                 .iter()
                 .filter(|(_, n)| {
-                    n.ready && !n.unschedulable && node_selector_matches(spec, n) && tolerates(&tolerations, n, &[])
+                    n.ready
+                        && (!n.unschedulable || tolerates_cordon(&tolerations))
+                        && node_selector_matches(spec, n)
+                        && tolerates(&tolerations, n, &[])
                 })
                 .map(|(name, _)| Reverse((index.node_pods.get(name).map_or(0, BTreeSet::len), name.clone())))
                 .collect()

@@ -152,6 +152,19 @@ fn script(cluster: &impl Cluster, create: &dyn Fn(&str)) -> Vec<(&'static str, S
     steps.push(("kubectl drain without a budget", kubectl_seen(&out, &["evicted"])));
     cluster.kubectl_ok(&["uncordon", "ws03"]);
 
+    cluster.kubectl_ok(&["cordon", "ws04"]);
+    create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: tolerant, namespace: conformance}\nspec:\n  nodeSelector: {kubernetes.io/hostname: ws04}\n  tolerations: [{operator: Exists}]\n  terminationGracePeriodSeconds: 1\n  containers: [{name: app, image: app:1}]\n",
+    );
+    let mut placed = String::new();
+    crate::harness::eventually_within(std::time::Duration::from_secs(20), "the tolerant pod is placed or not", || {
+        placed =
+            cluster.kubectl_ok(&["get", "pod", "-n", "conformance", "tolerant", "-o", "jsonpath={.spec.nodeName}"]);
+        !placed.is_empty()
+    });
+    steps.push(("a pod tolerating every taint on a cordoned node", Seen::from([("node", json!(placed))])));
+    cluster.kubectl_ok(&["uncordon", "ws04"]);
+
     let (_, body) = cluster.request("GET", "/api/v1/nodes", "", "");
     let version = serde_json::from_str::<Value>(&body).unwrap_or_default()["metadata"]["resourceVersion"]
         .as_str()
