@@ -17,11 +17,21 @@
 //!   it must stop without taking a second member out, emptying the record or leaving another
 //!   node cordoned, and is counted as needing a human.
 //!
-//! `cargo test` runs a short version of each (2 runs of a 13-node plan). The full suites:
-//! `cargo test --release --test chaos -- --suite kill --runs 200 --workstations 27 --minutes 120`
-//! (a 30-node plan) and `... -- --suite random --runs 1000 --workstations 12 --minutes 600`;
-//! `--seed N` replays a suite. All traffic stays on loopback.
+//! `--cluster real` runs either suite against the real control plane (scripts/control-plane)
+//! instead of the simulator: a Juno-shaped studio whose pods kwok runs, the test upgrade hook
+//! that reboots a node through the API, outages made by stopping kube-apiserver for the
+//! drawn time, and a lost node that kwok stops acting for. The real API server takes no
+//! injected error profile: its faults are the outages.
+//!
+//! `cargo test` runs a short version of each against the simulator (2 runs of a 13-node
+//! plan) and one kill run of a 7-node plan against the real control plane. The full
+//! suites: `cargo test --release --test chaos -- --suite kill --runs 200 --workstations 27
+//! --minutes 120` (a 30-node plan) and `... -- --suite random --runs 1000 --workstations 12
+//! --minutes 600`; `--seed N` replays a suite. All traffic stays on loopback.
 
+#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
+#[path = "integration/control_plane.rs"]
+mod control_plane;
 #[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
 #[path = "integration/etcd.rs"]
 mod etcd;
@@ -32,14 +42,18 @@ mod harness;
 #[path = "integration/knot.rs"]
 mod knot;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use control_plane::{ControlPlane, Studio};
 use etcd::EtcdCluster;
-use harness::{Cluster, Random, SimProcess, kill_when};
+use harness::{Cluster, Random, SimCtl, SimProcess, kill_when};
 use knot::{KEY, Knot, PlanExtra, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
 
 /// Which suite runs.
@@ -51,9 +65,19 @@ enum Suite {
     Random,
 }
 
+/// What the suite runs against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Against {
+    /// `noderoll sim`, with injected API faults.
+    Simulator,
+    /// The real control plane of scripts/control-plane.
+    Real,
+}
+
 /// How a suite runs.
 struct Settings {
     suite: Suite,
+    target: Against,
     runs: usize,
     workstations: usize,
     minutes: u64,
@@ -61,7 +85,8 @@ struct Settings {
 }
 
 fn settings() -> Settings {
-    let mut settings = Settings { suite: Suite::Kill, runs: 2, workstations: 10, minutes: 20, seed: None };
+    let mut settings =
+        Settings { suite: Suite::Kill, target: Against::Simulator, runs: 2, workstations: 10, minutes: 20, seed: None };
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2) {
         let value = || pair[1].parse::<u64>().unwrap_or_else(|_| panic!("{} takes a number", pair[0]));
@@ -71,6 +96,13 @@ fn settings() -> Settings {
                     "kill" => Suite::Kill,
                     "random" => Suite::Random,
                     other => panic!("--suite takes kill or random, not {other}"),
+                }
+            }
+            "--cluster" => {
+                settings.target = match pair[1].as_str() {
+                    "sim" => Against::Simulator,
+                    "real" => Against::Real,
+                    other => panic!("--cluster takes sim or real, not {other}"),
                 }
             }
             "--runs" => settings.runs = value() as usize,
@@ -96,6 +128,172 @@ fn faults(random: &mut Random) -> Vec<String> {
     profiles[random.below(profiles.len() as u64) as usize].iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// A cluster the suites run against: the simulator or the real control plane.
+trait Target: Cluster + Sized {
+    /// Started with cp1..3 and `workstations` workstations.
+    fn start(workstations: usize) -> Self;
+    /// A handle for the thread that reads apply's events.
+    fn steer(&self) -> Steer;
+    /// Reboots per node since the run began.
+    fn reboots(&self) -> BTreeMap<String, u64>;
+    /// The plan's upgrade hook, as YAML argv.
+    fn upgrade_hook() -> String;
+    /// Lines under the plan's `defaults`.
+    fn defaults() -> &'static str;
+    /// Injects the run's API faults (the real API server takes none).
+    fn set_faults(&self, faults: &[String]);
+    /// Whether `faults` take effect here (for the run's log).
+    fn takes_faults() -> bool;
+}
+
+impl Target for SimProcess {
+    fn start(workstations: usize) -> Self {
+        SimProcess::start(&["--workstations", &workstations.to_string(), "--sessions-per-node", "0"])
+    }
+
+    fn steer(&self) -> Steer {
+        Steer::Sim(Arc::new(self.controller()))
+    }
+
+    fn reboots(&self) -> BTreeMap<String, u64> {
+        let state = self.state();
+        state["reboots"].as_object().into_iter().flatten().map(|(n, c)| (n.clone(), c.as_u64().unwrap_or(0))).collect()
+    }
+
+    fn upgrade_hook() -> String {
+        harness::SIM_UPGRADE.to_owned()
+    }
+
+    // A drain held by a budget whose other replica was lost would otherwise wait 15 minutes.
+    fn defaults() -> &'static str {
+        "    drain: {timeout: 30s}\n"
+    }
+
+    fn set_faults(&self, faults: &[String]) {
+        let mut args = vec!["faults"];
+        args.extend(faults.iter().map(String::as_str));
+        self.ctl(&args).success();
+    }
+
+    fn takes_faults() -> bool {
+        true
+    }
+}
+
+impl Target for ControlPlane {
+    fn start(workstations: usize) -> Self {
+        let plane = ControlPlane::up();
+        plane.studio(&Studio { workstations });
+        plane
+    }
+
+    fn steer(&self) -> Steer {
+        Steer::Real { dir: self.dir().to_owned(), kubeconfig: self.kubeconfig(), restarts: Arc::default() }
+    }
+
+    fn reboots(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for node in ControlPlane::reboots(self) {
+            *counts.entry(node).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn upgrade_hook() -> String {
+        control_plane::upgrade_hook()
+    }
+
+    // The studio's sessions are drained after 2 s: no user logs out in a chaos run.
+    fn defaults() -> &'static str {
+        "    drain: {timeout: 30s}\n    sessions: {timeout: 2s, onTimeout: drain}\n"
+    }
+
+    fn set_faults(&self, _: &[String]) {}
+
+    fn takes_faults() -> bool {
+        false
+    }
+}
+
+/// Steers the cluster from the thread that reads apply's events.
+#[derive(Clone)]
+enum Steer {
+    Sim(Arc<SimCtl>),
+    Real { dir: PathBuf, kubeconfig: PathBuf, restarts: Arc<Mutex<Vec<Child>>> },
+}
+
+impl Steer {
+    /// The control API is outside the injected faults: a failure is the harness's own,
+    /// said in the run's log rather than ending an hour-long suite.
+    fn ctl(ctl: &SimCtl, number: usize, args: &[&str]) {
+        let output = ctl.run(args).get_output().clone();
+        if !output.status.success() {
+            eprintln!("run {number}: sim ctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+    }
+
+    /// The whole API unreachable for `ms` milliseconds, the run's faults kept.
+    fn outage(&self, number: usize, faults: &[String], ms: u64) {
+        match self {
+            Steer::Sim(ctl) => {
+                let ms = format!("{ms}ms");
+                let mut args = vec!["faults"];
+                args.extend(faults.iter().map(String::as_str));
+                args.extend(["--outage", &ms]);
+                Steer::ctl(ctl, number, &args);
+            }
+            Steer::Real { dir, restarts, .. } => {
+                let child = control_plane::restart(dir, "kube-apiserver", ms as f64 / 1000.0);
+                restarts.lock().expect("restarts").push(child);
+            }
+        }
+    }
+
+    /// `node` lost for good.
+    fn lose(&self, number: usize, node: &str) {
+        match self {
+            Steer::Sim(ctl) => Steer::ctl(ctl, number, &["reboot", node, "--fails"]),
+            Steer::Real { kubeconfig, .. } => lose_real_node(kubeconfig, node),
+        }
+    }
+
+    /// Waits for outages still under way (kube-apiserver restarting).
+    fn settle(&self, number: usize) {
+        if let Steer::Real { restarts, .. } = self {
+            for child in restarts.lock().expect("restarts").drain(..) {
+                let out = child.wait_with_output().expect("restart ends");
+                if !out.status.success() {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    eprintln!("run {number}: restarting kube-apiserver failed: {}", stderr.trim());
+                }
+            }
+        }
+    }
+}
+
+/// A node of the real control plane lost for good: kwok stops acting for it (its
+/// annotation removed) and its Ready condition goes False, as a node that does not come
+/// back from its reboot. Failures are said in the run's log, not raised.
+fn lose_real_node(kubeconfig: &std::path::Path, node: &str) {
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new(harness::kubectl_binary())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .output()
+            .expect("kubectl runs");
+        if !out.status.success() {
+            eprintln!("losing {node}: kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    };
+    kubectl(&["annotate", "node", node, "kwok.x-k8s.io/node-"]);
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let patch = format!(
+        r#"{{"status":{{"conditions":[{{"type":"Ready","status":"False","reason":"NodeLost","message":"lost for good","lastHeartbeatTime":"{now}","lastTransitionTime":"{now}"}}]}}}}"#
+    );
+    kubectl(&["patch", "node", node, "--subresource", "status", "--type", "strategic", "-p", &patch]);
+}
+
 /// What one run left behind.
 #[derive(Default)]
 struct Tally {
@@ -114,11 +312,11 @@ struct Tally {
     samples: usize,
 }
 
-fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
+fn run<C: Target>(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     let randomized = settings.suite == Suite::Random;
     let count =
         if randomized { 1 + random.below(settings.workstations as u64) as usize } else { settings.workstations };
-    let sim = SimProcess::start(&["--workstations", &count.to_string(), "--sessions-per-node", "0"]);
+    let sim = C::start(count);
     // The plan's shape is drawn: the record strategy, and the workstations in one to three
     // batches of random width; in the random suite, quorum from etcd or from node readiness.
     let single = random.below(2) == 0;
@@ -140,18 +338,19 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
             chunk.join(", ")
         ));
     }
-    // A drain held by a budget whose other replica was lost would otherwise wait 15 minutes.
+    let upgrade = C::upgrade_hook();
     let extra = PlanExtra {
         etcd_endpoints: &endpoints,
-        defaults: "    drain: {timeout: 30s}\n",
+        defaults: C::defaults(),
         batches: &batch_lines,
+        upgrade: &upgrade,
         ..PlanExtra::default()
     };
     let plan = servicelb_plan(dir.path(), strategy, &rfc2136(dir.path(), &knot, KEY), &extra);
-    let faults = faults(random);
-    let mut fault_args = vec!["faults"];
-    fault_args.extend(faults.iter().map(String::as_str));
-    sim.ctl(&fault_args).success();
+    // Drawn on either cluster, so that a seed draws the same plans on both.
+    let drawn = faults(random);
+    let faults = if C::takes_faults() { drawn } else { Vec::new() };
+    sim.set_faults(&faults);
     // A rollout reports about two events per step and nine steps per node.
     let events = 2 * 9 * (3 + count) as u64;
     let kill_at = (!randomized || random.below(2) == 0).then(|| 1 + random.below(events) as usize);
@@ -167,30 +366,20 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     };
     let lost_at = 1 + random.below(events) as usize;
     let mut child = start_apply(&sim, &plan);
-    let controller = sim.controller();
-    let outage_args: Vec<String> =
-        faults.iter().cloned().chain(["--outage".to_owned(), format!("{outage_ms}ms")]).collect();
-    // The control API is outside the injected faults: a failure is the harness's own, said
-    // in the run's log rather than ending an hour-long suite.
-    let ctl = move |args: &[&str]| {
-        let output = controller.run(args).get_output().clone();
-        if !output.status.success() {
-            eprintln!("run {number}: sim ctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
-        }
-    };
+    let steer = sim.steer();
+    let steering = steer.clone();
+    let outage_faults = faults.clone();
     let node_lost = lost.clone();
     let member_of_lost = etcd.clone();
     let lost_happened = Arc::new(AtomicBool::new(false));
     let lose = lost_happened.clone();
     let killer = kill_when(&mut child, move |line, _| {
         if line == outage_at {
-            let mut args = vec!["faults"];
-            args.extend(outage_args.iter().map(String::as_str));
-            ctl(&args);
+            steering.outage(number, &outage_faults, outage_ms);
         }
         let due = line == lost_at || (Some(line) == kill_at && lost_at > line);
         if let Some(node) = node_lost.as_deref().filter(|_| due && !lose.load(Ordering::SeqCst)) {
-            ctl(&["reboot", node, "--fails"]);
+            steering.lose(number, node);
             if let (Some(etcd), Some(index)) = (&member_of_lost, node.strip_prefix("cp")) {
                 etcd.lock().expect("etcd").kill(index.parse::<usize>().expect("cpN") - 1);
             }
@@ -200,6 +389,7 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     });
     let first = watch(&sim, &knot, child);
     let killed = killer.join().expect("killer thread");
+    steer.settle(number);
     let lost = lost.filter(|_| lost_happened.load(Ordering::SeqCst));
     let mut tally = Tally {
         violations: first.violations,
@@ -211,6 +401,13 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     // rollout stops safely; without a loss, up to three resumes finish it.
     let tries = if lost.is_some() { 1 } else { 3 };
     let mut code = first.code;
+    if code != 0 && !killed {
+        // Stopped by itself: what stopped it is what the resume has to get past. Its
+        // events went to the killer's reader; the journal has the failure.
+        let journal = std::fs::read_to_string(dir.path().join(".noderoll/dns.journal")).unwrap_or_default();
+        let failed = journal.lines().rev().find(|l| l.contains("\"step-failed\""));
+        eprintln!("run {number}: apply stopped by itself (exit {code}): {}", failed.unwrap_or_default());
+    }
     let mut resumes: usize = 0;
     let mut named: Vec<String> = Vec::new();
     let mut halted_at: Vec<String> = Vec::new();
@@ -245,7 +442,8 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
         tally.extra_resumes = resumes.saturating_sub(usize::from(killed));
     }
     tally.needed_a_human = usize::from(!finished);
-    sim.ctl(&["faults"]).success();
+    steer.settle(number);
+    sim.set_faults(&[]);
     let nodes = sim.nodes();
     // The lost node may stay cordoned: it never came back, and it is not served again. A
     // stopped rollout may leave others cordoned if its halt says so (the operator is told
@@ -265,11 +463,8 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
     }
     tally.left_cordoned = untold.len();
     tally.left_cordoned_named = told.len();
-    let reboots = sim.state()["reboots"].as_object().cloned().unwrap_or_default();
-    tally.upgraded_twice = reboots
-        .iter()
-        .filter(|(node, r)| r.as_u64().unwrap_or(0) > 1 && Some(node.as_str()) != lost.as_deref())
-        .count();
+    let reboots = sim.reboots();
+    tally.upgraded_twice = reboots.iter().filter(|(node, r)| **r > 1 && Some(node.as_str()) != lost.as_deref()).count();
     if lost.is_none() {
         tally.records_not_restored = usize::from(knot.answer() != before);
         tally.not_upgraded = (3 + count).saturating_sub(reboots.len());
@@ -297,17 +492,24 @@ fn run(number: usize, settings: &Settings, random: &mut Random) -> Tally {
 
 /// Runs one suite; returns whether every safety count was 0.
 fn suite(settings: &Settings, random: &mut Random) -> bool {
+    match settings.target {
+        Against::Simulator => suite_on::<SimProcess>(settings, random),
+        Against::Real => suite_on::<ControlPlane>(settings, random),
+    }
+}
+
+fn suite_on<C: Target>(settings: &Settings, random: &mut Random) -> bool {
     let nodes = 3 + settings.workstations;
     let size = if settings.suite == Suite::Random { format!("up to {nodes}") } else { format!("{nodes}") };
     eprintln!(
-        "chaos ({:?}): up to {} run(s) of a ServiceLB plan of {size} nodes, at most {} minute(s), seed {}",
-        settings.suite, settings.runs, settings.minutes, random.seed
+        "chaos ({:?}, {:?}): up to {} run(s) of a ServiceLB plan of {size} nodes, at most {} minute(s), seed {}",
+        settings.suite, settings.target, settings.runs, settings.minutes, random.seed
     );
     let started = Instant::now();
     let mut total = Tally::default();
     let mut done = 0;
     while done < settings.runs && started.elapsed() < Duration::from_secs(settings.minutes * 60) {
-        let tally = run(done + 1, settings, random);
+        let tally = run::<C>(done + 1, settings, random);
         for violation in &tally.violations {
             eprintln!("  run {}: {violation}", done + 1);
         }
@@ -337,8 +539,9 @@ fn suite(settings: &Settings, random: &mut Random) -> bool {
         ("broken journal lines", total.broken_journal_lines),
     ];
     println!(
-        "chaos ({:?}): {done} run(s) of {size} nodes in {:.0} s, seed {}; {} samples of DNS and nodes",
+        "chaos ({:?}, {:?}): {done} run(s) of {size} nodes in {:.0} s, seed {}; {} samples of DNS and nodes",
         settings.suite,
+        settings.target,
         started.elapsed().as_secs_f64(),
         random.seed,
         total.samples
@@ -364,12 +567,23 @@ fn main() {
     if let Some(seed) = settings.seed {
         random = Random::with_seed(seed);
     }
-    // Without --suite, `cargo test`'s short run: both suites.
-    let suites =
-        if std::env::args().any(|a| a == "--suite") { vec![settings.suite] } else { vec![Suite::Kill, Suite::Random] };
+    // Without --suite, `cargo test`'s short run: both suites on the simulator, then one
+    // kill run of a 7-node plan on the real control plane.
+    let short: Vec<(Suite, Against, usize, usize)> = if std::env::args().any(|a| a == "--suite") {
+        vec![(settings.suite, settings.target, settings.runs, settings.workstations)]
+    } else {
+        vec![
+            (Suite::Kill, Against::Simulator, settings.runs, settings.workstations),
+            (Suite::Random, Against::Simulator, settings.runs, settings.workstations),
+            (Suite::Kill, Against::Real, 1, 4),
+        ]
+    };
     let mut safe = true;
-    for chosen in suites {
-        settings.suite = chosen;
+    for (suite_kind, target, runs, workstations) in short {
+        settings.suite = suite_kind;
+        settings.target = target;
+        settings.runs = runs;
+        settings.workstations = workstations;
         safe &= suite(&settings, &mut random);
     }
     if !safe {

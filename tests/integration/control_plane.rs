@@ -78,15 +78,8 @@ impl ControlPlane {
     }
 
     /// `scripts/control-plane restart DIR COMPONENT SECONDS`, running beside the test.
-    pub(crate) fn restart(&self, component: &str, seconds: u32) -> Child {
-        self.script()
-            .arg("restart")
-            .arg(self.dir.path())
-            .args([component, &seconds.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("scripts/control-plane restart starts")
+    pub(crate) fn restart(&self, component: &str, seconds: f64) -> Child {
+        restart(self.dir.path(), component, seconds)
     }
 
     /// A component's process id.
@@ -196,6 +189,20 @@ impl ControlPlane {
             .flat_map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<Value>>())
             .collect()
     }
+}
+
+/// [`ControlPlane::restart`] by the control plane's folder alone, for threads.
+pub(crate) fn restart(dir: &Path, component: &str, seconds: f64) -> Child {
+    Command::new("bash")
+        .arg(repo().join("scripts/control-plane"))
+        .arg("restart")
+        .arg(dir)
+        .args([component, &seconds.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("scripts/control-plane restart starts")
 }
 
 pub(crate) fn is_ready(node: &Value) -> bool {

@@ -28,7 +28,7 @@ fn apply_with_outage(
     plan: &Path,
     at: &str,
     component: &str,
-    seconds: u32,
+    seconds: f64,
 ) -> (Option<i32>, String, bool) {
     let mut child: Child = apply_via(&plane.kubeconfig(), plan, &[])
         .stdout(Stdio::piped())
@@ -61,7 +61,7 @@ fn a_three_second_outage_of_the_real_kube_apiserver_while_a_service_node_upgrade
     let dir = tempfile::tempdir().expect("temp dir");
     let plan = plan(dir.path(), "outage", "", &crate::control_plane::upgrade_hook());
     let apiserver = plane.pid("kube-apiserver");
-    let (code, stderr, restarted) = apply_with_outage(&plane, &plan, "cp2/wait-ready", "kube-apiserver", 3);
+    let (code, stderr, restarted) = apply_with_outage(&plane, &plan, "cp2/wait-ready", "kube-apiserver", 3.0);
     assert!(restarted, "the API server came back: {stderr}");
     assert_ne!(plane.pid("kube-apiserver"), apiserver, "it was a new kube-apiserver process");
     assert_eq!(code, Some(0), "the rollout went on by itself: {stderr}");
@@ -81,7 +81,7 @@ fn with_two_real_kube_apiservers_the_rollout_fails_over_when_the_kubeconfigs_ser
     let plan = plan(dir.path(), "failover", &format!("  apiServers: [\"{second}\"]\n"), &hook);
     // The kubeconfig's server is gone for 25 s from cp1's drain on: longer than any retry
     // of a single request, so only the failover carries the rollout through.
-    let (code, stderr, restarted) = apply_with_outage(&plane, &plan, "cp1/drain", "kube-apiserver", 25);
+    let (code, stderr, restarted) = apply_with_outage(&plane, &plan, "cp1/drain", "kube-apiserver", 25.0);
     assert!(restarted, "{stderr}");
     assert_eq!(code, Some(0), "the rollout went on through the second API server: {stderr}");
     plane.assert_upgraded_once(&studio);
