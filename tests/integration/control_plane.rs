@@ -31,6 +31,48 @@ pub(crate) fn upgrade_hook_with(kubeconfig: &Path) -> String {
     )
 }
 
+/// The batches most plans here roll: cp1..3 one at a time, then ws01 and ws02 together.
+pub(crate) const STUDIO_BATCHES: &str = "    - {name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}\n    - {name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}\n";
+
+/// What a plan for the real control plane holds besides what all of them share (an
+/// external LB, sessions drained after 2 s, the reboot hook, the new kubelet verified).
+pub(crate) struct Shape<'a> {
+    /// Lines under `spec` before `defaults`.
+    pub(crate) spec: &'a str,
+    /// `defaults.drain`, as a YAML flow mapping.
+    pub(crate) drain: &'a str,
+    /// The upgrade hook, as YAML argv.
+    pub(crate) hook: String,
+    /// The batches' lines.
+    pub(crate) batches: String,
+}
+
+impl Default for Shape<'_> {
+    fn default() -> Self {
+        Shape { spec: "", drain: "{timeout: 1m}", hook: upgrade_hook(), batches: STUDIO_BATCHES.to_owned() }
+    }
+}
+
+/// `DIR/NAME.yaml`: a plan of that shape.
+pub(crate) fn plan(dir: &Path, name: &str, shape: &Shape) -> PathBuf {
+    let Shape { spec, drain, hook, batches } = shape;
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n{spec}  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {drain}\n    upgrade: {{command: {hook}, timeout: 1m}}\n    verify: {{kubeletVersion: {NEW_KUBELET}, readyTimeout: 2m}}\n  batches:\n{batches}"
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+/// The `halted` event among `apply -o json`'s output.
+pub(crate) fn halted(stdout: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "halted")
+        .unwrap_or_else(|| panic!("a halted event: {text}"))
+}
+
 pub(crate) struct ControlPlane {
     dir: tempfile::TempDir,
     /// The last audit event's time when the studio was ready: what tests count comes after.

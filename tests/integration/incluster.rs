@@ -15,8 +15,8 @@ fn journal_args(sim: &SimProcess) -> Vec<String> {
     vec!["--journal-configmap".into(), JOURNAL.into(), "--kubeconfig".into(), sim.kubeconfig().display().to_string()]
 }
 
-/// The ConfigMap's journal lines, read with kubectl.
-fn journal_lines(sim: &SimProcess) -> (Value, Vec<Value>) {
+/// The ConfigMap's journal lines, read with kubectl, and the ConfigMap.
+pub(crate) fn journal_lines(sim: &impl Cluster) -> (Value, Vec<Value>) {
     let object: Value = serde_json::from_str(&sim.kubectl_ok(&[
         "get",
         "configmap",
@@ -27,7 +27,7 @@ fn journal_lines(sim: &SimProcess) -> (Value, Vec<Value>) {
         "json",
     ]))
     .expect("JSON");
-    let packed = object["binaryData"]["journal.jsonl.gz"].as_str().expect("binaryData");
+    let packed = object["binaryData"][noderoll::executor::journal_store::KEY].as_str().expect("binaryData");
     let packed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, packed).expect("base64");
     let mut text = String::new();
     flate2::read::GzDecoder::new(packed.as_slice()).read_to_string(&mut text).expect("gzip");

@@ -2,24 +2,17 @@
 //! controller keeps, an emptyDir pod, DaemonSet pods left where they are, a pod already
 //! terminating, and the refusal when emptyDir data would be lost.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::control_plane::{ControlPlane, Studio, upgrade_hook};
+use crate::control_plane::{ControlPlane, Shape, Studio, halted, plan};
 use crate::harness::{Cluster, apply_via};
 
-/// A plan that upgrades one workstation, sessions drained after 2 s.
-fn plan(dir: &Path, name: &str, node: &str, drain: &str) -> PathBuf {
-    let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {drain}\n    upgrade: {{command: {}, timeout: 1m}}\n    verify: {{kubeletVersion: {}, readyTimeout: 1m}}\n  batches:\n    - {{name: one, role: workstation, nodes: [{node}]}}\n",
-        upgrade_hook(),
-        crate::control_plane::NEW_KUBELET,
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
+/// A plan that upgrades `node` alone, with `drain` settings.
+fn one_node<'a>(node: &str, drain: &'a str) -> Shape<'a> {
+    let batches = format!("    - {{name: one, role: workstation, nodes: [{node}]}}\n");
+    Shape { drain, batches, ..Shape::default() }
 }
 
 /// Workloads (on workstations only) that land on `node`: every other workstation is
@@ -94,7 +87,8 @@ fn a_drain_on_the_real_control_plane_waits_for_the_budget_leaves_daemonset_pods_
         "jsonpath={.items[0].metadata.name}",
     ]);
     let dir = tempfile::tempdir().expect("temp dir");
-    let plan = plan(dir.path(), "drain", "ws01", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true}");
+    let plan =
+        plan(dir.path(), "drain", &one_node("ws01", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true}"));
     let apply =
         apply_via(&plane.kubeconfig(), &plan, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("apply");
     // ws02 is still cordoned: the first budgeted pod's replacement cannot run, so the
@@ -157,15 +151,11 @@ fn a_drain_on_the_real_control_plane_refuses_a_pod_whose_emptydir_data_would_be_
         plane.kubectl_ok(&["uncordon", other]);
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let plan = plan(dir.path(), "keep", "ws02", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: false}");
+    let plan =
+        plan(dir.path(), "keep", &one_node("ws02", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: false}"));
     let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
     assert!(!out.status.success(), "the drain must refuse");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let halted: Value = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["event"] == "halted")
-        .unwrap_or_else(|| panic!("a halted event: {stdout}"));
+    let halted = halted(&out.stdout);
     assert_eq!(halted["failed"][0]["step"], "ws02/drain", "{halted}");
     let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("drain/scratch-") && error.contains("set drain.deleteEmptyDirData: true"), "{error}");

@@ -8,17 +8,13 @@ use std::process::{Child, Stdio};
 
 use serde_json::Value;
 
-use crate::control_plane::{ControlPlane, NEW_KUBELET, Studio};
+use crate::control_plane::{self, ControlPlane, Shape, Studio};
 use crate::harness::{Cluster, apply_via};
 
-/// cp1..3 one at a time and ws01; `spec_extra` is one line under `spec`.
-fn plan(dir: &Path, name: &str, spec_extra: &str, upgrade: &str) -> PathBuf {
-    let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n{spec_extra}  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {{timeout: 1m}}\n    upgrade: {{command: {upgrade}, timeout: 1m}}\n    verify: {{kubeletVersion: {NEW_KUBELET}, readyTimeout: 2m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01]}}\n"
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
+/// cp1..3 one at a time and ws01; `spec` goes under `spec`.
+fn plan(dir: &Path, name: &str, spec: &str, hook: String) -> PathBuf {
+    let batches = "    - {name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}\n    - {name: workstations, role: workstation, nodes: [ws01]}\n";
+    control_plane::plan(dir, name, &Shape { spec, hook, batches: batches.to_owned(), ..Shape::default() })
 }
 
 /// Runs apply; when the step `at` starts, restarts `component` after `seconds` down.
@@ -59,7 +55,7 @@ fn a_three_second_outage_of_the_real_kube_apiserver_while_a_service_node_upgrade
     let studio = Studio { workstations: 1 };
     plane.studio(&studio);
     let dir = tempfile::tempdir().expect("temp dir");
-    let plan = plan(dir.path(), "outage", "", &crate::control_plane::upgrade_hook());
+    let plan = plan(dir.path(), "outage", "", control_plane::upgrade_hook());
     let apiserver = plane.pid("kube-apiserver");
     let (code, stderr, restarted) = apply_with_outage(&plane, &plan, "cp2/wait-ready", "kube-apiserver", 3.0);
     assert!(restarted, "the API server came back: {stderr}");
@@ -78,7 +74,7 @@ fn with_two_real_kube_apiservers_the_rollout_fails_over_when_the_kubeconfigs_ser
     // The hook reaches the nodes through the server that stays, as a real hook reaches
     // the node itself.
     let hook = crate::control_plane::upgrade_hook_with(&plane.dir().join("kubeconfig-2"));
-    let plan = plan(dir.path(), "failover", &format!("  apiServers: [\"{second}\"]\n"), &hook);
+    let plan = plan(dir.path(), "failover", &format!("  apiServers: [\"{second}\"]\n"), hook);
     // The kubeconfig's server is gone for 25 s from cp1's drain on: longer than any retry
     // of a single request, so only the failover carries the rollout through.
     let (code, stderr, restarted) = apply_with_outage(&plane, &plan, "cp1/drain", "kube-apiserver", 25.0);

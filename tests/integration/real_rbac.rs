@@ -6,20 +6,16 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::control_plane::{ControlPlane, NEW_KUBELET, Studio, upgrade_hook_with};
+use crate::control_plane::{self, ControlPlane, Shape, Studio, halted, upgrade_hook_with};
 use crate::harness::{Cluster, apply_via, noderoll};
 
 const NAMESPACE: &str = "noderoll";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:noderoll:noderoll";
 
+/// The studio's plan, its hook rebooting through the admin's kubeconfig (the token may
+/// not patch node status, as a real hook does not need to).
 fn plan(dir: &Path, name: &str, admin: &Path) -> PathBuf {
-    let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {{timeout: 1m}}\n    upgrade: {{command: {}, timeout: 1m}}\n    verify: {{kubeletVersion: {NEW_KUBELET}, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}}\n",
-        upgrade_hook_with(admin)
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
+    control_plane::plan(dir, name, &Shape { hook: upgrade_hook_with(admin), ..Shape::default() })
 }
 
 /// `noderoll manifests PLAN --namespace noderoll`, applied with kubectl; the warnings
@@ -132,12 +128,7 @@ fn a_whole_rollout_runs_with_only_the_service_accounts_token_and_a_missing_rule_
         .output()
         .expect("apply runs");
     assert!(!out.status.success(), "the run stops");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let halted: Value = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["event"] == "halted")
-        .unwrap_or_else(|| panic!("a halted event: {stdout}"));
+    let halted = halted(&out.stdout);
     let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
     assert!(halted["failed"][0]["step"].as_str().is_some_and(|s| s.ends_with("/drain")), "{halted}");
     assert!(error.contains("create") && error.contains("pods/eviction"), "names the verb and the resource: {error}");

@@ -2,45 +2,21 @@
 //! resumed with the journal in a real ConfigMap, a Lease held by a second `apply`, and the
 //! ConfigMap size limit the real API server enforces.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::control_plane::{ControlPlane, NEW_KUBELET, Studio, upgrade_hook};
+use crate::control_plane::{ControlPlane, Shape, Studio, plan};
 use crate::harness::{Cluster, Random, apply_via, kill_when};
+use crate::incluster::journal_lines;
 
 const JOURNAL: &str = "kube-system/noderoll-journal";
 
-/// cp1..3 one at a time, then ws01 and ws02 together; sessions drained after 2 s.
-fn plan(dir: &Path, name: &str) -> PathBuf {
-    let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {{timeout: 1m}}\n    upgrade: {{command: {}, timeout: 1m}}\n    verify: {{kubeletVersion: {NEW_KUBELET}, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}}\n",
-        upgrade_hook()
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
-}
-
-/// The journal's records, from its ConfigMap (gzip in binaryData), and the object's size.
+/// The journal's records, from its ConfigMap, and their compressed size.
 fn journal(plane: &ControlPlane) -> (Vec<Value>, usize) {
-    let object: Value = serde_json::from_str(&plane.kubectl_ok(&[
-        "get",
-        "configmap",
-        "noderoll-journal",
-        "-n",
-        "kube-system",
-        "-o",
-        "json",
-    ]))
-    .expect("JSON");
+    let (object, records) = journal_lines(plane);
     let packed = object["binaryData"][noderoll::executor::journal_store::KEY].as_str().expect("binaryData");
-    let packed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, packed).expect("base64");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(packed.as_slice()).read_to_string(&mut text).expect("gzip");
-    (text.lines().map(|l| serde_json::from_str(l).expect("a journal line is a record")).collect(), packed.len())
+    (records, base64::Engine::decode(&base64::engine::general_purpose::STANDARD, packed).expect("base64").len())
 }
 
 #[test]
@@ -49,7 +25,7 @@ fn apply_killed_at_random_moments_resumes_from_its_configmap_journal_on_the_real
     let studio = Studio { workstations: 2 };
     plane.studio(&studio);
     let dir = tempfile::tempdir().expect("temp dir");
-    let plan = plan(dir.path(), "killed");
+    let plan = plan(dir.path(), "killed", &Shape::default());
     let args = ["--journal-configmap", JOURNAL];
     let mut random = Random::from_env();
     let seed = random.seed;
@@ -98,7 +74,7 @@ fn a_second_apply_on_the_real_control_plane_is_refused_while_the_first_holds_the
     let studio = Studio { workstations: 2 };
     plane.studio(&studio);
     let dir = tempfile::tempdir().expect("temp dir");
-    let plan = plan(dir.path(), "locked");
+    let plan = plan(dir.path(), "locked", &Shape::default());
     let mut first =
         apply_via(&plane.kubeconfig(), &plan, &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
     let mut stdout = std::io::BufReader::new(first.stdout.take().expect("stdout"));
