@@ -52,7 +52,7 @@ async fn measure(workstations: usize) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
     simulator.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let client = noderoll::client::connect(Some(&kubeconfig)).await.expect("client");
+    let client = noderoll::world::kube::connect(Some(&kubeconfig)).await.expect("client");
     let width = workstations.to_string().len().max(2);
     let (ws42, ws7) = (format!("ws{:0width$}", 42), format!("ws{:0width$}", 7));
     let pods: Api<Pod> = Api::all(client.clone());

@@ -18,3 +18,10 @@ pub const LOCKED: i32 = 5;
 pub const JOURNAL_MISMATCH: i32 = 6;
 /// The rollout was interrupted (SIGINT / SIGTERM); running `apply` again resumes.
 pub const INTERRUPTED: i32 = 130;
+
+/// An error that knows the exit code it ends the process with, so that the code is chosen
+/// where the error is understood rather than by a table that reaches into every module.
+pub trait KnowsExitCode {
+    /// The process exit code for this error.
+    fn exit_code(&self) -> i32;
+}

@@ -6,21 +6,13 @@
 //! that prints. `main.rs` only maps the result to an exit code.
 
 pub mod cli;
-pub mod client;
-pub mod dns;
-pub mod error;
-pub mod etcd;
 pub mod executor;
 pub mod exit_code;
-pub mod http_client;
-pub mod inventory;
 pub mod labels;
-pub mod manifests;
-pub mod metrics;
-pub mod notify;
+pub mod observe;
 pub mod plan;
 pub mod planner;
 pub mod rehearse;
+pub mod scaffold;
 pub mod sim;
-
-pub use error::{Error, Result};
+pub mod world;

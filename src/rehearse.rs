@@ -10,19 +10,63 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::dns::{DnsProvider, SimulatedDns};
-use crate::error::{Error, Result};
 use crate::executor::clock::Clock;
 use crate::executor::event::{Event, Observer};
 use crate::executor::journal::{self, Record};
-use crate::executor::retry::Patience;
-use crate::executor::steps::{HookSettings, WindowMode, full_record};
-use crate::executor::{self, Options, Outcome};
+use crate::executor::steps::{HookSettings, StepError, full_record};
+use crate::executor::{self, Ending, ExecError, Options, Rehearsal, Rollout, WindowMode};
+use crate::exit_code::{self, KnowsExitCode};
 use crate::plan::Plan;
 use crate::plan::model::Role;
 use crate::plan::resolved::Members;
-use crate::plan::template::CommandTemplate;
-use crate::sim::{GenerateOptions, NodeSpec, Population, SimConfig, Simulator};
+use crate::plan::template::{CommandTemplate, TemplateError};
+use crate::sim::{GenerateOptions, NodeSpec, Population, SimConfig, SimError, Simulator};
+use crate::world::dns::{DnsProvider, SimulatedDns};
+use crate::world::kube::ConnectError;
+use crate::world::retry::Patience;
+
+/// Why a rehearsal cannot run to its report.
+#[derive(Debug, thiserror::Error)]
+pub enum RehearseError {
+    /// The simulated cluster cannot start, or its kubeconfig cannot be written.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    /// The rehearsal's folder cannot be created.
+    #[error("cannot create `{path}`")]
+    Workdir {
+        /// The folder.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No client can be made for the simulated cluster.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The simulated upgrade hook cannot be written as a command template.
+    #[error("cannot build the simulated upgrade hook")]
+    UpgradeHook(#[source] TemplateError),
+    /// The service nodes' addresses for the simulated DNS record cannot be read.
+    #[error("cannot find the service nodes' addresses")]
+    Addresses(#[source] StepError),
+    /// The rollout cannot start or go on.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The simulator's state (its reboot counts) cannot be read.
+    #[error("cannot read the simulator's state")]
+    State(#[source] kube::Error),
+}
+
+impl KnowsExitCode for RehearseError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            RehearseError::Exec(e) => e.exit_code(),
+            _ => exit_code::FAILURE,
+        }
+    }
+}
+
+type Result<T, E = RehearseError> = std::result::Result<T, E>;
 
 /// How to rehearse.
 #[derive(Debug, Clone)]
@@ -52,8 +96,8 @@ pub struct RehearseOptions {
 pub struct Report {
     /// Plan name.
     pub plan: String,
-    /// `finished`, `halted` or `interrupted`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Ending,
     /// Nodes in the rollout.
     pub nodes: usize,
     /// Real seconds the rehearsal took.
@@ -217,10 +261,7 @@ fn upgrade_overrides(plan: &Plan, program: &Path, kubeconfig: &Path) -> Result<B
             .iter()
             .map(|a| if a == "{node}" { a.clone() } else { a.replace('{', "{{").replace('}', "}}") })
             .collect();
-        let template = CommandTemplate::parse(&escaped, &["node"]).map_err(|e| Error::Client {
-            context: "build the simulated upgrade hook".into(),
-            message: e.to_string(),
-        })?;
+        let template = CommandTemplate::parse(&escaped, &["node"]).map_err(RehearseError::UpgradeHook)?;
         overrides.insert(batch.name.clone(), template);
     }
     Ok(overrides)
@@ -254,28 +295,23 @@ pub async fn rehearse(
 
 async fn run(
     simulator: &Simulator,
-    mut plan: Plan,
+    plan: Plan,
     plan_text: &str,
     options: &RehearseOptions,
     observer: Arc<dyn Observer>,
     interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<Report> {
-    std::fs::create_dir_all(&options.workdir).map_err(|source| Error::Io {
-        action: "create",
-        path: options.workdir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(&options.workdir)
+        .map_err(|source| RehearseError::Workdir { path: options.workdir.display().to_string(), source })?;
     let kubeconfig = options.workdir.join("kubeconfig");
     simulator.write_kubeconfig(&kubeconfig)?;
-    let client = crate::client::for_url(&simulator.url())?;
+    let client = crate::world::kube::for_url(&simulator.url())?;
     let patience = Patience::default();
-    let (planned, _) = executor::plan_for_cluster(&client, &plan, &patience).await.map_err(Error::Exec)?;
+    let rollout = Rollout::plan(&client, plan, plan_text, &patience).await?;
+    let (plan, planned) = (&rollout.plan, &rollout.planned);
     let dns = match &plan.load_balancer.dns {
         Some(dns) => {
-            let addresses = full_record(&client, &patience, &plan, &planned).await.map_err(|e| Error::Client {
-                context: "find the service nodes' addresses".into(),
-                message: e.to_string(),
-            })?;
+            let addresses = full_record(&client, &patience, plan, planned).await.map_err(RehearseError::Addresses)?;
             Some(Arc::new(SimulatedDns::new(
                 &dns.name,
                 addresses,
@@ -294,30 +330,24 @@ async fn run(
         lock_namespace: "kube-system".into(),
         clock,
         patience,
-        windows: if options.from.is_some() { WindowMode::Wait } else { WindowMode::Ignore },
+        windows: WindowMode::Wait,
         hooks: HookSettings {
             log_dir: options.workdir.join("logs"),
             env: vec![("KUBECONFIG".into(), kubeconfig.clone().into_os_string())],
-            upgrade_override: upgrade_overrides(&plan, &options.program, &kubeconfig)?,
-            skip_verify_hook: true,
         },
-        read_etcd: false,
-        ask_resolvers: false,
+        rehearsal: Some(Rehearsal {
+            upgrade: upgrade_overrides(plan, &options.program, &kubeconfig)?,
+            await_windows: options.from.is_some(),
+        }),
     };
     let window = plan.window.clone();
     let record = plan.load_balancer.dns.as_ref().map(|d| d.name.clone()).unwrap_or_default();
     let name = plan.name.clone();
     let started = tokio::time::Instant::now();
     let provider = dns.clone().map(|d| d as Arc<dyn DnsProvider>);
-    // A rehearsal reaches nothing outside its simulated cluster: the health gates keep
-    // their readiness check and leave out Prometheus and the command.
-    if let Some(health) = plan.health.as_mut() {
-        health.prometheus = None;
-        health.command = None;
-    }
-    let outcome = executor::apply(client.clone(), plan, plan_text, &run_options, provider, recorder.clone(), interrupt)
-        .await
-        .map_err(Error::Exec)?;
+    let graph = planned.graph.clone();
+    let nodes = planned.chains.len();
+    let outcome = executor::apply(client.clone(), rollout, &run_options, provider, recorder.clone(), interrupt).await?;
     let real_seconds = started.elapsed().as_secs_f64();
     let simulated_seconds = real_seconds / options.time_scale;
     let reboots = reboots(&client).await?;
@@ -329,8 +359,8 @@ async fn run(
         .map(|(step, seconds)| SlowStep { step: step.clone(), seconds: seconds / options.time_scale })
         .collect();
     let measured: BTreeMap<&str, f64> = recorded.durations.iter().map(|(step, s)| (step.as_str(), *s)).collect();
-    let critical_path_seconds = crate::planner::estimate::longest_path(&planned.graph, |i| {
-        Duration::from_secs_f64(measured.get(planned.graph.step(i).id.as_str()).copied().unwrap_or(0.0))
+    let critical_path_seconds = crate::planner::estimate::longest_path(&graph, |i| {
+        Duration::from_secs_f64(measured.get(graph.step(i).id.as_str()).copied().unwrap_or(0.0))
     })
     .duration
     .as_secs_f64()
@@ -355,14 +385,8 @@ async fn run(
     });
     Ok(Report {
         plan: name,
-        outcome: match outcome {
-            Outcome::Finished => "finished",
-            Outcome::Halted { .. } => "halted",
-            Outcome::Interrupted => "interrupted",
-            Outcome::Paused { .. } => "paused",
-        }
-        .into(),
-        nodes: planned.chains.len(),
+        outcome: outcome.ending(),
+        nodes,
         real_seconds,
         simulated_seconds,
         critical_path_seconds,
@@ -379,13 +403,9 @@ async fn run(
 }
 
 async fn reboots(client: &kube::Client) -> Result<BTreeMap<String, u64>> {
-    let request = http::Request::get("/sim/v1/state")
-        .body(Vec::new())
-        .map_err(|e| Error::Client { context: "build the request".into(), message: e.to_string() })?;
-    let state: serde_json::Value = client
-        .request(request)
-        .await
-        .map_err(|e| Error::Client { context: "read the simulator's state".into(), message: e.to_string() })?;
+    let mut request = http::Request::new(Vec::new());
+    *request.uri_mut() = http::Uri::from_static("/sim/v1/state");
+    let state: serde_json::Value = client.request(request).await.map_err(RehearseError::State)?;
     Ok(serde_json::from_value(state["reboots"].clone()).unwrap_or_default())
 }
 

@@ -1,5 +1,6 @@
 //! Command-line arguments and output rendering: the only module that prints.
 
+mod error;
 mod progress;
 mod rollout;
 mod sim;
@@ -10,8 +11,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use miette::{GraphicalReportHandler, GraphicalTheme};
 
-use crate::error::{Error, Result};
+use self::error::{Error, Result};
 use crate::exit_code;
+use crate::exit_code::KnowsExitCode;
 use crate::plan::{self, Diagnostic, Severity};
 use crate::planner;
 
@@ -143,12 +145,14 @@ impl ClusterSource {
 
     /// Reads the cluster's inventory.
     fn read(&self) -> Result<planner::Inventory> {
+        use crate::world::inventory::{Scope, from_cluster, from_snapshot};
         if let Some(path) = &self.snapshot {
-            return crate::inventory::from_snapshot(path);
+            return Ok(from_snapshot(path)?);
         }
         runtime()?.block_on(async {
-            let client = crate::client::connect_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
-            crate::inventory::from_cluster(&client).await
+            let client =
+                crate::world::kube::connect_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+            Ok(from_cluster(&client, &crate::world::retry::Patience::default(), Scope::Everything).await?)
         })
     }
 }
@@ -258,15 +262,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Init { cluster, batch_size, name } => {
             let inventory = cluster.read()?;
-            print!("{}", crate::plan::starter::starter(&name, &inventory, batch_size));
+            print!("{}", crate::scaffold::init::starter(&name, &inventory, batch_size));
             Ok(exit_code::SUCCESS)
         }
         Command::Manifests { plan: path, namespace, image, schedule } => {
             let checked = plan::check_file(&path);
             let Some(plan) = checked.plan else { return Err(Error::InvalidPlan(checked.diagnostics)) };
             let text = checked.source.as_ref().map(|s| s.text().to_owned()).unwrap_or_default();
-            let options = crate::manifests::ManifestOptions { namespace, image, schedule };
-            print!("{}", crate::manifests::render(&plan, &text, &path, &options)?);
+            let options = crate::scaffold::manifests::ManifestOptions { namespace, image, schedule };
+            print!("{}", crate::scaffold::manifests::render(&plan, &text, &path, &options)?);
             Ok(exit_code::SUCCESS)
         }
         Command::Completions { shell } => {
@@ -399,7 +403,7 @@ fn rehearsal_makespan(path: &std::path::Path) -> Result<planner::schedule::Makes
         .find(|v| v["event"] == "report")
         .map(|v| v["report"].clone())
         .ok_or_else(|| {
-            Error::Unsupported(format!(
+            Error::Refused(format!(
                 "{} has no rehearsal report; write one with `noderoll rehearse PLAN -o json > FILE`",
                 path.display()
             ))
@@ -466,7 +470,7 @@ fn preview(
 fn live_etcd(plan: &plan::Plan, planned: &planner::Planned) -> Option<String> {
     let settings = plan.quorum.etcd.as_ref()?;
     let read = async {
-        let etcd = crate::etcd::Etcd::new(settings).map_err(|e| e.to_string())?;
+        let etcd = crate::world::etcd::Etcd::new(settings).map_err(|e| e.to_string())?;
         tokio::time::timeout(std::time::Duration::from_secs(5), etcd.health())
             .await
             .map_err(|_| "no answer within 5s".to_owned())?
@@ -490,7 +494,7 @@ fn live_etcd(plan: &plan::Plan, planned: &planner::Planned) -> Option<String> {
             let unmapped: Vec<&str> = health
                 .members
                 .iter()
-                .filter(|m| crate::etcd::node_of(m, &nodes).is_none())
+                .filter(|m| crate::world::etcd::node_of(m, &nodes).is_none())
                 .map(|m| m.name.as_str())
                 .collect();
             if !unmapped.is_empty() {

@@ -8,19 +8,19 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::error::{Error, Result};
 use super::progress::{Bars, JsonLines, PlainLines};
 use super::{OutputFormat, interrupted, runtime};
-use crate::error::{Error, Result};
 use crate::executor::clock::Clock;
 use crate::executor::event::{Fanout, Observer};
 use crate::executor::journal::{self, Record};
 use crate::executor::journal_store::{self, Location};
-use crate::executor::retry::Patience;
-use crate::executor::steps::{HookSettings, WindowMode};
-use crate::executor::{self, Options, Outcome};
+use crate::executor::steps::HookSettings;
+use crate::executor::{self, Options, Rollout, WindowMode};
 use crate::exit_code;
 use crate::plan::{self, Plan};
 use crate::rehearse::{self, RehearseOptions, Report};
+use crate::world::retry::Patience;
 
 /// `noderoll apply`.
 #[derive(Debug, Args)]
@@ -105,7 +105,7 @@ fn read_journal(location: &Location, kubeconfig: Option<&Path>) -> Result<journa
     let replay = match location {
         Location::File(path) => journal::read(path),
         Location::ConfigMap { .. } => runtime()?.block_on(async {
-            let client = crate::client::connect(kubeconfig).await?;
+            let client = crate::world::kube::connect(kubeconfig).await?;
             Ok::<_, Error>(journal_store::read(location, &client, &Patience::default()).await)
         })?,
     };
@@ -252,7 +252,7 @@ fn approvals_from_stdin(journal_path: PathBuf) {
 
 fn confirm(plan: &Plan, cluster: &str) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::Unsupported(
+        return Err(Error::Refused(
             "apply changes the cluster and stdin is not a terminal to confirm it; pass --yes".into(),
         ));
     }
@@ -267,27 +267,17 @@ fn confirm(plan: &Plan, cluster: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-fn outcome_code(outcome: &Outcome) -> i32 {
-    match outcome {
-        Outcome::Finished => exit_code::SUCCESS,
-        Outcome::Halted { .. } => exit_code::HALTED,
-        Outcome::Interrupted => exit_code::INTERRUPTED,
-        // A scheduled run that ends with its window did what it was started for.
-        Outcome::Paused { .. } => exit_code::SUCCESS,
-    }
-}
-
 pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
     let (plan, text) = load(&args.plan)?;
     let plan_dir = args.plan.parent().unwrap_or_else(|| Path::new("."));
-    let dns = plan.load_balancer.dns.as_ref().map(|dns| crate::dns::provider(dns, plan_dir)).transpose()?;
+    let dns = plan.load_balancer.dns.as_ref().map(|dns| crate::world::dns::provider(dns, plan_dir)).transpose()?;
     let journal_location = args.journal.location(&args.plan);
     let state = args.state_dir.clone().unwrap_or_else(|| state_dir(&args.plan));
     let log_file = args.log_file.clone().unwrap_or_else(|| state.join(format!("{}.log", plan_stem(&args.plan))));
     init_tracing(&log_file)?;
     let runtime = runtime()?;
     runtime.block_on(async {
-        let client = crate::client::connect_with_failover(args.kubeconfig.as_deref(), &plan.api_servers).await?;
+        let client = crate::world::kube::connect_with_failover(args.kubeconfig.as_deref(), &plan.api_servers).await?;
         if !args.yes && !confirm(&plan, "the cluster of the current kubeconfig context")? {
             eprintln!("nothing changed");
             return Ok(exit_code::SUCCESS);
@@ -305,21 +295,19 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             clock: Clock::scaled(args.clock_start, args.time_scale),
             patience: Patience::default(),
             windows: if args.until_window_end { WindowMode::Pause } else { WindowMode::Wait },
-            hooks: HookSettings {
-                log_dir: state.join(format!("{}.logs", plan_stem(&args.plan))),
-                env,
-                ..HookSettings::default()
-            },
-            read_etcd: true,
-            ask_resolvers: true,
+            hooks: HookSettings { log_dir: state.join(format!("{}.logs", plan_stem(&args.plan))), env },
+            rehearsal: None,
         };
+        let webhook = plan.webhook.clone();
+        let plan_name = plan.name.clone();
+        let rollout = Rollout::plan(&client, plan, &text, &options.patience).await?;
         if let Location::File(path) = journal_location {
             approvals_from_stdin(path);
         }
         let mut observers = vec![observer(args.output)];
         if let Some(addr) = args.metrics_addr {
-            let metrics = Arc::new(crate::metrics::Metrics::new());
-            let bound = crate::metrics::serve(addr, metrics.clone()).await.map_err(|source| Error::Io {
+            let metrics = Arc::new(crate::observe::metrics::Metrics::new());
+            let bound = crate::observe::metrics::serve(addr, metrics.clone()).await.map_err(|source| Error::Io {
                 action: "listen on",
                 path: addr.to_string(),
                 source,
@@ -327,21 +315,19 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             tracing::info!(%bound, "serving metrics");
             observers.push(metrics);
         }
-        let notifier = match &plan.webhook {
+        let notifier = match &webhook {
             Some(webhook) => {
-                let url = crate::notify::url(&webhook.url, plan_dir)?;
-                let http = crate::http_client::HttpClient::new().map_err(|e| Error::Client {
-                    context: "set up the webhook's HTTPS client".into(),
-                    message: e.to_string(),
-                })?;
-                let notifier = Arc::new(crate::notify::Notifier::start(url, &plan.name, webhook.events.clone(), http));
+                let url = crate::observe::notify::url(&webhook.url, plan_dir)?;
+                let http = crate::world::http::HttpClient::new().map_err(Error::Http)?;
+                let notifier =
+                    Arc::new(crate::observe::notify::Notifier::start(url, &plan_name, webhook.events.clone(), http));
                 observers.push(notifier.clone());
                 Some(notifier)
             }
             None => None,
         };
         let observer: Arc<dyn Observer> = Arc::new(Fanout(observers));
-        let outcome = executor::apply(client, plan, &text, &options, dns, observer.clone(), interrupted()).await;
+        let outcome = executor::apply(client, rollout, &options, dns, observer.clone(), interrupted()).await;
         if let Some(notifier) = notifier {
             let undelivered = notifier.finish().await;
             if undelivered > 0 {
@@ -350,7 +336,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
                 });
             }
         }
-        Ok(outcome_code(&outcome.map_err(Error::Exec)?))
+        Ok(outcome?.ending().exit_code())
     })
 }
 
@@ -391,11 +377,7 @@ pub(super) fn rehearse(args: RehearseArgs) -> Result<i32> {
         }
         OutputFormat::Text => print!("{}", render_report(&report, args.keep.is_some())),
     }
-    Ok(match report.outcome.as_str() {
-        "finished" => exit_code::SUCCESS,
-        "interrupted" => exit_code::INTERRUPTED,
-        _ => exit_code::HALTED,
-    })
+    Ok(report.outcome.exit_code())
 }
 
 fn render_report(report: &Report, kept: bool) -> String {
@@ -483,7 +465,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
     let location = args.journal.location(&args.plan);
     let replay = read_journal(&location, args.kubeconfig.as_deref())?;
     if replay.records.is_empty() {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::Refused(format!(
             "no rollout has started: the journal {location} does not exist or is empty"
         )));
     }
@@ -562,21 +544,21 @@ pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
         let (node, dns_step) = match key.split_once('/') {
             Some((node, action)) if ["dns-withdraw", "dns-repoint", "dns-restore"].contains(&action) => (node, true),
             Some(_) => {
-                return Err(Error::Unsupported(format!(
+                return Err(Error::Refused(format!(
                     "`{key}` is neither a node nor a DNS step; approve a node (`cp1`) or a manual DNS change (`cp1/dns-withdraw`)"
                 )));
             }
             None => (key.as_str(), false),
         };
         if !known.is_empty() && !known.iter().any(|k| *k == node) {
-            return Err(Error::Unsupported(format!("node `{node}` is not part of the rollout in {location}")));
+            return Err(Error::Refused(format!("node `{node}` is not part of the rollout in {location}")));
         }
         let by = executor::lock::holder_identity();
         let record = Record::Approved { at: journal::now(), node: key.clone(), by };
         match &location {
             Location::File(path) => journal::append_to_path(path, &record),
             Location::ConfigMap { .. } => runtime()?.block_on(async {
-                let client = crate::client::connect(args.kubeconfig.as_deref()).await?;
+                let client = crate::world::kube::connect(args.kubeconfig.as_deref()).await?;
                 Ok::<_, Error>(journal_store::append_once(&location, &client, &Patience::default(), &record).await)
             })?,
         }

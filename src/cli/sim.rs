@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 use crate::exit_code;
 use crate::sim::{self, FaultSettings, GenerateOptions, Population, SimConfig, Simulator};
 
@@ -247,7 +247,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 async fn ctl(args: CtlArgs) -> Result<i32> {
-    let client = crate::client::connect(args.kubeconfig.as_deref()).await?;
+    let client = crate::world::kube::connect(args.kubeconfig.as_deref()).await?;
     let (method, path, body): (http::Method, String, Vec<u8>) = match &args.action {
         CtlAction::State => (http::Method::GET, "/sim/v1/state".into(), Vec::new()),
         CtlAction::Reboot { node, down_for, fails } => (
@@ -296,11 +296,9 @@ async fn ctl(args: CtlArgs) -> Result<i32> {
         .uri(path)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body)
-        .map_err(|e| Error::Client { context: "build the request".into(), message: e.to_string() })?;
-    let answer: Value = client
-        .request(request)
-        .await
-        .map_err(|e| Error::Client { context: "ask the simulator".into(), message: e.to_string() })?;
+        .map_err(|e| Error::Refused(format!("cannot build the request to the simulator: {e}")))?;
+    let answer: Value =
+        client.request(request).await.map_err(|source| Error::Api { context: "ask the simulator", source })?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(exit_code::SUCCESS)
 }

@@ -19,7 +19,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
 use super::journal::{self, Journal, JournalError, Record, Replay};
-use super::retry::{self, Patience};
+use crate::world::retry::{self, Patience};
 
 /// The key of the compressed journal in the ConfigMap's `binaryData`.
 pub const KEY: &str = "journal.jsonl.gz";

@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
 
-use super::retry::{self, Patience};
+use crate::world::retry::{self, Patience};
 
 /// How long a lease stays valid without renewal.
 pub const LEASE_SECONDS: i32 = 30;

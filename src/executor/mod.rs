@@ -8,41 +8,39 @@
 //! is started, nodes already out of service finish their chains, and the failed node stays
 //! cordoned, with the journal and the halt report saying so.
 //!
-//! - [`journal`]: the checkpoint file; [`lock`]: the per-plan Lease; [`retry`]: API trouble.
+//! The runner is handed a [`Rollout`]: the plan and the step graph planned against the
+//! cluster before the run begins, as a test runner is handed its test list. It does not
+//! plan.
+//!
+//! - [`journal`]: the checkpoint file; [`lock`]: the per-plan Lease.
 //! - [`steps`]: what each action does; [`event`]: what the run reports.
 
 pub mod clock;
+mod dispatch;
 pub mod event;
 pub mod journal;
 pub mod journal_store;
 pub mod lock;
-pub mod retry;
+mod run;
 pub mod steps;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use petgraph::graph::NodeIndex;
-use serde_json::Value;
 use sha2::Digest;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use self::event::{BatchSize, Event, Failure, Observer};
-use self::journal::{JournalError, Record};
-use self::journal_store::Store;
+use self::event::{Event, Failure, Observer};
+use self::journal::JournalError;
 use self::lock::LockError;
-use self::retry::Patience;
-use self::steps::{Context, HookSettings, StepError, WindowMode};
-use crate::dns::DnsProvider;
+use self::steps::{HookSettings, StepError};
+use crate::exit_code::{self, KnowsExitCode};
 use crate::plan::Plan;
-use crate::plan::model::WindowEndPolicy;
-use crate::plan::resolved::{WindowPlan, WindowState};
-use crate::planner::{self, Action, Inventory, Planned, PlannerError, Step};
+use crate::plan::template::CommandTemplate;
+use crate::planner::{self, Planned, PlannerError};
+use crate::world::dns::DnsProvider;
+use crate::world::inventory::{self, InventoryError, Scope};
+use crate::world::retry::Patience;
 
 /// How to run a rollout.
 #[derive(Debug, Clone)]
@@ -59,16 +57,67 @@ pub struct Options {
     pub clock: clock::Clock,
     /// Retry budget of one API call.
     pub patience: Patience,
-    /// Whether to wait for maintenance windows.
+    /// What to do outside a maintenance window.
     pub windows: WindowMode,
-    /// Hook logs, environment and overrides.
+    /// Hook logs and environment.
     pub hooks: HookSettings,
-    /// Read quorum from the plan's etcd endpoints (a rehearsal's cluster has no etcd: its
-    /// gate counts Ready etcd-role nodes instead).
-    pub read_etcd: bool,
-    /// Ask the plan's resolvers whether each DNS change took effect (a rehearsal's record
-    /// lives in memory, where no resolver can see it).
-    pub ask_resolvers: bool,
+    /// What a rehearsal puts in place of the world its simulated cluster lacks; `None` for
+    /// a real rollout.
+    pub rehearsal: Option<Rehearsal>,
+}
+
+/// What to do outside a maintenance window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowMode {
+    /// Start no node and wait in-process for the next window (an attended run, or a
+    /// rehearsal that counts the windows a rollout takes).
+    Wait,
+    /// Once the nodes in progress are done, stop with [`Outcome::Paused`] (a scheduled
+    /// run: the next one resumes). Started before any window, it first waits for one.
+    Pause,
+}
+
+/// Everything a rehearsal substitutes, in one place, so that the runner and its steps
+/// differ from a real rollout only where this value says. A rehearsal's cluster is the
+/// simulator: it has no etcd (the quorum gate counts Ready etcd-role nodes), its DNS record
+/// lives in memory where no resolver can see it, nothing outside it can be asked about its
+/// health (the gates keep their readiness check only), the plan's verify hook cannot reach
+/// its nodes, and its upgrade is the simulator's own.
+#[derive(Debug, Clone, Default)]
+pub struct Rehearsal {
+    /// Per batch, the command run instead of the plan's upgrade hook.
+    pub upgrade: BTreeMap<String, CommandTemplate>,
+    /// Whether maintenance windows are awaited (in simulated time, from a chosen instant)
+    /// or ignored, the report estimating them from the makespan instead.
+    pub await_windows: bool,
+}
+
+/// A plan ready to run: what the runner is handed. The graph is planned against the
+/// cluster the rollout runs on (selectors resolved, every named node present) before the
+/// run begins; the runner only follows it.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// The validated plan.
+    pub plan: Plan,
+    /// Its text, which the journal keeps to tell a changed plan.
+    pub text: String,
+    /// The step graph for this cluster.
+    pub planned: Planned,
+}
+
+impl Rollout {
+    /// Plans `plan` against the cluster `client` reaches (reading its nodes, changing
+    /// nothing).
+    pub async fn plan(
+        client: &kube::Client,
+        plan: Plan,
+        text: &str,
+        patience: &Patience,
+    ) -> Result<Rollout, ExecError> {
+        let inventory = inventory::from_cluster(client, patience, Scope::Nodes).await?;
+        let planned = planner::build_for_cluster(&plan, &inventory)?;
+        Ok(Rollout { plan, text: text.to_owned(), planned })
+    }
 }
 
 /// How a run ended (errors aside).
@@ -95,6 +144,56 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// How the run ended, without the details.
+    pub fn ending(&self) -> Ending {
+        match self {
+            Outcome::Finished => Ending::Finished,
+            Outcome::Halted { .. } => Ending::Halted,
+            Outcome::Interrupted => Ending::Interrupted,
+            Outcome::Paused { .. } => Ending::Paused,
+        }
+    }
+}
+
+/// How a run ended: an [`Outcome`] without its details, as reports print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Ending {
+    /// Every step is done.
+    Finished,
+    /// A step failed.
+    Halted,
+    /// SIGINT or SIGTERM.
+    Interrupted,
+    /// The maintenance window closed with nodes left.
+    Paused,
+}
+
+impl Ending {
+    /// The process exit code a run that ended so exits with.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Ending::Finished => exit_code::SUCCESS,
+            Ending::Halted => exit_code::HALTED,
+            Ending::Interrupted => exit_code::INTERRUPTED,
+            // A scheduled run that ends with its window did what it was started for.
+            Ending::Paused => exit_code::SUCCESS,
+        }
+    }
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ending::Finished => "finished",
+            Ending::Halted => "halted",
+            Ending::Interrupted => "interrupted",
+            Ending::Paused => "paused",
+        })
+    }
+}
+
 /// Why a rollout cannot start or go on.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -114,105 +213,60 @@ pub enum ExecError {
         /// A unified diff, journal's plan → plan now.
         diff: String,
     },
-    /// The plan names nodes the cluster does not have.
-    #[error(
-        "the cluster has no node named {}; fix the plan's node names (or check the kubeconfig points at the right cluster)", .nodes.join(", ")
-    )]
-    MissingNodes {
-        /// The nodes.
-        nodes: Vec<String>,
-    },
     /// The plan cannot be turned into steps for this cluster.
     #[error(transparent)]
     Planner(#[from] PlannerError),
     /// etcd's client cannot be set up (TLS files).
     #[error(transparent)]
-    Etcd(#[from] crate::etcd::EtcdError),
+    Etcd(#[from] crate::world::etcd::EtcdError),
     /// The DNS record is not what the plan describes, or cannot be read; nothing changed.
     #[error("before the rollout: {0}")]
     Preflight(StepError),
     /// The HTTPS client for the health gate's Prometheus cannot be set up.
     #[error("cannot set up the HTTPS client for Prometheus: {0}")]
-    Http(#[from] crate::http_client::HttpError),
-    /// Reading the cluster failed.
-    #[error("cannot {context}: {source}")]
-    Api {
-        /// What was being done.
-        context: String,
-        /// The cause.
-        source: kube::Error,
-    },
+    Http(#[from] crate::world::http::HttpError),
+    /// Reading the cluster's nodes failed.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
 }
 
-/// Nodes per page when listing the cluster's nodes (kubectl's chunk size).
-const NODE_PAGE: u32 = 500;
+impl KnowsExitCode for ExecError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            ExecError::Lock(LockError::Held { .. }) | ExecError::Journal(JournalError::Conflict { .. }) => {
+                exit_code::LOCKED
+            }
+            ExecError::PlanChanged { .. } | ExecError::Journal(JournalError::Corrupt { .. }) => {
+                exit_code::JOURNAL_MISMATCH
+            }
+            ExecError::Planner(e) => e.exit_code(),
+            ExecError::Inventory(e) => e.exit_code(),
+            _ => exit_code::FAILURE,
+        }
+    }
+}
 
 /// SHA-256 of the plan's bytes, as the journal records it.
 pub fn plan_hash(text: &str) -> String {
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
-/// The cluster's nodes and their labels.
-pub async fn inventory(client: &kube::Client, patience: &Patience) -> Result<Inventory, ExecError> {
-    let api: Api<Node> = Api::all(client.clone());
-    // In pages, as kubectl lists: a facility's whole node list decoded at once is tens of
-    // megabytes of Node objects, of which only names and labels are kept.
-    let mut nodes = BTreeMap::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut params = kube::api::ListParams::default().limit(NODE_PAGE);
-        if let Some(token) = &token {
-            params = params.continue_token(token);
-        }
-        let page = retry::call(patience, || api.list(&params))
-            .await
-            .map_err(|source| ExecError::Api { context: "list the cluster's nodes".into(), source })?;
-        token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
-        nodes.extend(
-            page.items
-                .into_iter()
-                .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.labels.unwrap_or_default())),
-        );
-        if token.is_none() {
-            break;
-        }
-    }
-    Ok(Inventory { nodes, ..Inventory::default() })
-}
-
-/// Plans against the live cluster: selectors resolved, every named node present.
-pub async fn plan_for_cluster(
-    client: &kube::Client,
-    plan: &Plan,
-    patience: &Patience,
-) -> Result<(Planned, Inventory), ExecError> {
-    let inventory = inventory(client, patience).await?;
-    let planned = planner::build_with(plan, Some(&inventory))?;
-    let missing: Vec<String> =
-        planned.chains.iter().filter(|c| !inventory.nodes.contains_key(&c.node)).map(|c| c.node.clone()).collect();
-    if !missing.is_empty() {
-        return Err(ExecError::MissingNodes { nodes: missing });
-    }
-    Ok((planned, inventory))
-}
-
 /// Runs (or resumes) a rollout until it finishes, halts or `interrupt` fires.
 pub async fn apply(
     client: kube::Client,
-    plan: Plan,
-    plan_text: &str,
+    rollout: Rollout,
     options: &Options,
     dns: Option<Arc<dyn DnsProvider>>,
     observer: Arc<dyn Observer>,
     interrupt: impl Future<Output = ()>,
 ) -> Result<Outcome, ExecError> {
     let replay = journal_store::read(&options.journal, &client, &options.patience).await?;
-    let hash = plan_hash(plan_text);
+    let hash = plan_hash(&rollout.text);
     if let (Some(recorded), Some(text)) = (&replay.plan_hash, &replay.plan_text)
         && *recorded != hash
         && !options.force
     {
-        let diff = similar::TextDiff::from_lines(text.as_str(), plan_text)
+        let diff = similar::TextDiff::from_lines(text.as_str(), rollout.text.as_str())
             .unified_diff()
             .context_radius(2)
             .header("plan in the journal", "plan now")
@@ -223,7 +277,7 @@ pub async fn apply(
     let (guard, taken) = lock::acquire(
         client.clone(),
         &options.lock_namespace,
-        &plan.name,
+        &rollout.plan.name,
         &holder,
         options.break_lock,
         &options.patience,
@@ -236,338 +290,8 @@ pub async fn apply(
             ),
         });
     }
-    let result = run(client, plan, plan_text, hash, replay, options, dns, observer, &guard, interrupt).await;
+    let runner = run::Runner { client, options, dns, observer, guard: &guard };
+    let result = runner.run(rollout, hash, replay, interrupt).await;
     guard.release().await;
     result
-}
-
-#[allow(clippy::too_many_arguments, reason = "one call site; the arguments are the run's parts")]
-async fn run(
-    client: kube::Client,
-    plan: Plan,
-    plan_text: &str,
-    hash: String,
-    replay: journal::Replay,
-    options: &Options,
-    dns: Option<Arc<dyn DnsProvider>>,
-    observer: Arc<dyn Observer>,
-    guard: &lock::LockGuard,
-    interrupt: impl Future<Output = ()>,
-) -> Result<Outcome, ExecError> {
-    let (planned, _) = plan_for_cluster(&client, &plan, &options.patience).await?;
-    if let Some(provider) = &dns {
-        let resumed = !replay.finished.is_empty();
-        steps::dns_preflight(&client, &options.patience, &plan, &planned, provider.as_ref(), resumed)
-            .await
-            .map_err(ExecError::Preflight)?;
-    }
-    let mut journal = Store::open(&options.journal, &client, &options.patience, &replay).await?;
-    journal
-        .append(&Record::Begin {
-            at: journal::now(),
-            plan: plan.name.clone(),
-            plan_hash: hash,
-            plan_text: plan_text.to_owned(),
-            holder: lock::holder_identity(),
-            batches: planned
-                .batches
-                .iter()
-                .map(|b| journal::BatchNodes { name: b.name.clone(), nodes: b.nodes.clone() })
-                .collect(),
-        })
-        .await?;
-    let journal = Arc::new(tokio::sync::Mutex::new(journal));
-    let etcd = match &plan.quorum.etcd {
-        Some(settings) if options.read_etcd => Some(crate::etcd::Etcd::new(settings)?),
-        _ => None,
-    };
-    let (approvals, approved) = watch::channel(replay.approved.clone());
-    let http = match plan.health.as_ref().and_then(|h| h.prometheus.as_ref()) {
-        Some(_) => Some(crate::http_client::HttpClient::new()?),
-        None => None,
-    };
-    let plan_dns_resolvers = plan.load_balancer.dns.as_ref().map(|d| d.resolvers.clone());
-    let ctx = Arc::new(Context {
-        client,
-        plan: Arc::new(plan),
-        patience: options.patience.clone(),
-        etcd,
-        clock: options.clock,
-        observer: observer.clone(),
-        dns,
-        resolvers: match &plan_dns_resolvers {
-            Some(resolvers) if options.ask_resolvers => resolvers.clone(),
-            _ => Vec::new(),
-        },
-        hooks: options.hooks.clone(),
-        windows: options.windows,
-        batches: planned.batches.clone(),
-        http,
-        approved,
-        chain_starts: planned.chains.iter().map(|c| planned.graph.step(c.first()).id.clone()).collect(),
-        finished: Mutex::new(replay.finished.clone()),
-    });
-    let graph = &planned.graph;
-    let last_of: BTreeMap<NodeIndex, (String, String)> =
-        planned.chains.iter().map(|c| (c.last(), (c.node.clone(), planned.batches[c.batch].name.clone()))).collect();
-    let first_of: BTreeSet<NodeIndex> = planned.chains.iter().map(|c| c.first()).collect();
-
-    let mut done: Vec<bool> = graph.steps().map(|(_, s)| replay.finished.contains_key(&s.id)).collect();
-    let mut waiting: Vec<usize> =
-        graph.steps().map(|(i, _)| graph.predecessors(i).iter().filter(|p| !done[p.index()]).count()).collect();
-    let mut launched: Vec<bool> = done.clone();
-    let mut started_nodes: BTreeSet<String> = graph
-        .steps()
-        .filter(|(_, s)| {
-            replay.finished.contains_key(&s.id)
-                || replay.in_flight.contains_key(&s.id)
-                || replay.failed.contains_key(&s.id)
-        })
-        .filter_map(|(_, s)| s.node.clone())
-        .collect();
-    let finished_count = done.iter().filter(|d| **d).count();
-    observer.event(&Event::Started {
-        plan: ctx.plan.name.clone(),
-        journal: options.journal.to_string(),
-        batches: planned.batches.iter().map(|b| BatchSize { name: b.name.clone(), nodes: b.nodes.len() }).collect(),
-        steps: graph.len(),
-        done: finished_count,
-        nodes_done: planned.chains.iter().filter(|c| done[c.last().index()]).count(),
-        resumed: !replay.records.is_empty(),
-    });
-    let run_started = tokio::time::Instant::now();
-    let mut running: JoinSet<(NodeIndex, f64, Result<Value, StepError>)> = JoinSet::new();
-    let mut halting = false;
-    let mut failures: Vec<Failure> = Vec::new();
-    let mut lost = guard.lost.clone();
-    let mut poll = tokio::time::interval(Duration::from_millis(250));
-    let mut interrupt = std::pin::pin!(interrupt);
-    let mut announced_wait: Option<jiff::Timestamp> = None;
-    // A run that pauses at a window's end first waits for one to open, if none is yet.
-    let mut window_seen = false;
-    loop {
-        let closed = match window_gate(&ctx, options.windows) {
-            Gate::Open => {
-                window_seen = true;
-                None
-            }
-            Gate::Closed { opens } => Some(opens),
-            Gate::Never => {
-                if !halting {
-                    failures.push(Failure {
-                        step: "window".into(),
-                        error: "the maintenance window's cron expression never fires again; fix `window.cron`".into(),
-                    });
-                    halting = true;
-                }
-                None
-            }
-        };
-        let mut held = false;
-        for (index, step) in graph.steps() {
-            let i = index.index();
-            if launched[i] || waiting[i] > 0 {
-                continue;
-            }
-            let node_started = step.node.as_ref().is_some_and(|n| started_nodes.contains(n));
-            if halting && (step.node.is_none() || (first_of.contains(&index) && !node_started)) {
-                continue;
-            }
-            if closed.is_some() && held_by_window(step, node_started, ctx.plan.window.as_ref()) {
-                held = true;
-                continue;
-            }
-            launched[i] = true;
-            if let Some(node) = &step.node {
-                started_nodes.insert(node.clone());
-            }
-            let resume = replay.in_flight.get(&step.id).cloned();
-            running.spawn(run_step(ctx.clone(), journal.clone(), index, step.clone(), resume));
-        }
-        let waiting_for = closed.filter(|_| held && !halting);
-        if running.is_empty() {
-            let Some(opens) = waiting_for else { break };
-            let cordoned = cordoned_nodes(&planned, &launched, &done);
-            if options.windows == WindowMode::Pause && window_seen {
-                append(&journal, &Record::Paused { at: journal::now(), opens: opens.to_string() }).await?;
-                observer.event(&Event::Paused {
-                    opens: opens.to_string(),
-                    cordoned: cordoned.clone(),
-                    next: "run the same apply command again in the next window; it resumes where this one stopped"
-                        .into(),
-                });
-                return Ok(Outcome::Paused { opens, cordoned });
-            }
-            if announced_wait != Some(opens) {
-                announced_wait = Some(opens);
-                observer.event(&Event::WaitingForWindow {
-                    opens: opens.to_string(),
-                    nodes_left: planned.chains.iter().filter(|c| !done[c.last().index()]).count(),
-                    cordoned,
-                });
-            }
-        }
-        let window_opens = ctx.clock.real_until(waiting_for.unwrap_or(jiff::Timestamp::MAX));
-        tokio::select! {
-            () = tokio::time::sleep(window_opens), if waiting_for.is_some() => {}
-            joined = running.join_next(), if !running.is_empty() => {
-                let Some(joined) = joined else { continue };
-                let (index, seconds, result) = match joined {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // A step task panicked or was cancelled: treat it as a failure of
-                        // an unknown step, which halts the run.
-                        failures.push(Failure { step: "(unknown)".into(), error: format!("a step task ended abnormally: {e}") });
-                        halting = true;
-                        continue;
-                    }
-                };
-                let step = graph.step(index);
-                match result {
-                    Ok(detail) => {
-                        append(&journal, &Record::StepFinished { at: journal::now(), step: step.id.clone(), detail: detail.clone() }).await?;
-                        ctx.finished.lock().unwrap_or_else(|e| e.into_inner()).insert(step.id.clone(), detail);
-                        done[index.index()] = true;
-                        for next in graph.successors(index) {
-                            waiting[next.index()] -= 1;
-                        }
-                        observer.event(&Event::StepFinished {
-                            step: step.id.clone(),
-                            node: step.node.clone(),
-                            batch: step.batch.clone(),
-                            action: step.action,
-                            seconds,
-                        });
-                        if let Some((node, batch)) = last_of.get(&index) {
-                            observer.event(&Event::NodeDone { node: node.clone(), batch: batch.clone() });
-                        }
-                    }
-                    Err(error) => {
-                        let message = error.to_string();
-                        append(&journal, &Record::StepFailed { at: journal::now(), step: step.id.clone(), error: message.clone() }).await?;
-                        observer.event(&Event::StepFailed { step: step.id.clone(), node: step.node.clone(), error: message.clone() });
-                        failures.push(Failure { step: step.id.clone(), error: message });
-                        halting = true;
-                    }
-                }
-            }
-            _ = poll.tick() => {
-                let new = journal.lock().await.new_approvals().await?;
-                if !new.is_empty() {
-                    approvals.send_modify(|set| set.extend(new));
-                }
-            }
-            Ok(()) = lost.changed() => {
-                if let Some(holder) = lost.borrow().clone() {
-                    failures.push(Failure {
-                        step: "lock".into(),
-                        error: format!("the lock was taken by `{holder}` while this run held it; stopping before two rollouts race"),
-                    });
-                    halting = true;
-                }
-            }
-            () = &mut interrupt => {
-                let running_steps: Vec<String> = graph.steps().filter(|(i, _)| launched[i.index()] && !done[i.index()]).map(|(_, s)| s.id.clone()).collect();
-                running.shutdown().await;
-                append(&journal, &Record::Interrupted { at: journal::now() }).await?;
-                observer.event(&Event::Interrupted { running: running_steps });
-                return Ok(Outcome::Interrupted);
-            }
-        }
-    }
-    if failures.is_empty() && done.iter().all(|d| *d) {
-        append(&journal, &Record::Finished { at: journal::now() }).await?;
-        observer.event(&Event::Finished { seconds: run_started.elapsed().as_secs_f64(), nodes: planned.chains.len() });
-        return Ok(Outcome::Finished);
-    }
-    let cordoned = cordoned_nodes(&planned, &launched, &done);
-    let reason = failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
-    append(&journal, &Record::Halted { at: journal::now(), reason }).await?;
-    observer.event(&Event::Halted {
-        failed: failures.clone(),
-        cordoned: cordoned.clone(),
-        next: "fix what the error says, then run the same apply command again: finished steps are skipped and the failed step is retried".into(),
-    });
-    Ok(Outcome::Halted { failed: failures, cordoned })
-}
-
-/// Nodes whose cordon step began and whose uncordon step has not finished.
-fn cordoned_nodes(planned: &Planned, launched: &[bool], done: &[bool]) -> Vec<String> {
-    let graph = &planned.graph;
-    planned
-        .chains
-        .iter()
-        .filter(|c| {
-            let step_done = |action: Action| c.steps.iter().any(|&s| graph.step(s).action == action && done[s.index()]);
-            let cordon_started = c.steps.iter().any(|&s| graph.step(s).action == Action::Cordon && launched[s.index()]);
-            cordon_started && !step_done(Action::Uncordon)
-        })
-        .map(|c| c.node.clone())
-        .collect()
-}
-
-/// The maintenance window as the loop sees it.
-enum Gate {
-    /// No window, windows ignored, or the window is open.
-    Open,
-    /// Closed until `opens`.
-    Closed { opens: jiff::Timestamp },
-    /// The cron expression never fires again.
-    Never,
-}
-
-fn window_gate(ctx: &Context, mode: WindowMode) -> Gate {
-    let Some(window) = ctx.plan.window.as_ref().filter(|_| mode != WindowMode::Ignore) else { return Gate::Open };
-    match window.state_at(ctx.clock.now()) {
-        Some(WindowState::Open { .. }) => Gate::Open,
-        Some(WindowState::Closed { opens }) => Gate::Closed { opens },
-        None => Gate::Never,
-    }
-}
-
-/// Whether a closed window holds this step back: a batch's window gate, a node's first
-/// step, and, with `onWindowEnd: halt`, every step of a node in progress too (it stops
-/// where it is, cordoned, until the next window).
-fn held_by_window(step: &Step, node_started: bool, window: Option<&WindowPlan>) -> bool {
-    let halt = window.is_some_and(|w| w.on_end == WindowEndPolicy::Halt);
-    step.action == Action::Window || (step.node.is_some() && (halt || !node_started))
-}
-
-async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<(), JournalError> {
-    journal.lock().await.append(record).await
-}
-
-/// One step: prepare and journal its start (unless resuming it), then act.
-async fn run_step(
-    ctx: Arc<Context>,
-    journal: Arc<tokio::sync::Mutex<Store>>,
-    index: NodeIndex,
-    step: Step,
-    resume: Option<Value>,
-) -> (NodeIndex, f64, Result<Value, StepError>) {
-    let started = tokio::time::Instant::now();
-    let result = async {
-        let resumed = resume.is_some();
-        let detail = match resume {
-            Some(detail) => detail,
-            None => {
-                let detail = steps::prepare(&ctx, &step).await?;
-                append(
-                    &journal,
-                    &Record::StepStarted { at: journal::now(), step: step.id.clone(), detail: detail.clone() },
-                )
-                .await?;
-                detail
-            }
-        };
-        ctx.observer.event(&Event::StepStarted {
-            step: step.id.clone(),
-            node: step.node.clone(),
-            batch: step.batch.clone(),
-            action: step.action,
-        });
-        steps::act(&ctx, &step, &detail, resumed).await
-    }
-    .await;
-    (index, started.elapsed().as_secs_f64(), result)
 }

@@ -7,7 +7,6 @@ pub mod load;
 pub mod model;
 pub mod resolved;
 pub mod selector;
-pub mod starter;
 pub mod template;
 pub mod validate;
 

@@ -141,6 +141,18 @@ pub fn build(plan: &Plan) -> Result<Planned, PlannerError> {
     build_with(plan, None)
 }
 
+/// Builds the step graph for the cluster `inventory` lists, which must hold every node the
+/// plan names: what a rollout runs.
+pub fn build_for_cluster(plan: &Plan, inventory: &Inventory) -> Result<Planned, PlannerError> {
+    let planned = build_with(plan, Some(inventory))?;
+    let missing: Vec<String> =
+        planned.chains.iter().filter(|c| !inventory.nodes.contains_key(&c.node)).map(|c| c.node.clone()).collect();
+    if !missing.is_empty() {
+        return Err(PlannerError::MissingNodes { nodes: missing });
+    }
+    Ok(planned)
+}
+
 /// Builds the step graph, resolving selector batches against `inventory` when given.
 pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned, PlannerError> {
     let batches = resolve_batches(plan, inventory)?;

@@ -9,7 +9,7 @@ pub mod render;
 pub mod schedule;
 pub mod survey;
 
-pub use build::{BudgetFacts, Inventory, Planned, PodFacts, build, build_with};
+pub use build::{BudgetFacts, Inventory, Planned, PodFacts, build, build_for_cluster, build_with};
 pub use graph::{Action, Step, StepGraph};
 
 /// Why a plan cannot be turned into a graph.
@@ -37,6 +37,14 @@ pub enum PlannerError {
         /// The batch whose selector also matches it.
         second: String,
     },
+    /// The plan names nodes the cluster does not have.
+    #[error(
+        "the cluster has no node named {}; fix the plan's node names (or check the kubeconfig points at the right cluster)", .nodes.join(", ")
+    )]
+    MissingNodes {
+        /// The nodes.
+        nodes: Vec<String>,
+    },
     /// Too few etcd members to take any out of service.
     #[error(
         "{members} etcd member(s) cannot lose any member without losing quorum, but the plan takes {service_nodes} service node(s) out of service"
@@ -47,6 +55,12 @@ pub enum PlannerError {
         /// Service nodes in the plan.
         service_nodes: usize,
     },
+}
+
+impl crate::exit_code::KnowsExitCode for PlannerError {
+    fn exit_code(&self) -> i32 {
+        crate::exit_code::INVALID_PLAN
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ async fn start(config: SimConfig, options: GenerateOptions) -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("kubeconfig");
     simulator.write_kubeconfig(&path).expect("kubeconfig");
-    let client = noderoll::client::connect(Some(&path)).await.expect("kube-rs connects");
+    let client = noderoll::world::kube::connect(Some(&path)).await.expect("kube-rs connects");
     Running { simulator, client, _dir: dir }
 }
 

@@ -11,13 +11,13 @@ use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
 
 use super::{Context, StepError, human};
-use crate::dns::{Applied, Change, ChangeKind, DnsError, DnsProvider, RecordSet, show};
 use crate::executor::event::Event;
-use crate::executor::retry::Patience;
 use crate::plan::Plan;
 use crate::plan::model::{AddressType, DnsStrategy, Role};
 use crate::plan::resolved::DnsPlan;
 use crate::planner::{Action, Planned, Step};
+use crate::world::dns::{Applied, Change, ChangeKind, DnsError, DnsProvider, RecordSet, show};
+use crate::world::retry::Patience;
 
 /// How often resolvers are asked while a change propagates.
 const POLL: Duration = Duration::from_millis(250);
@@ -250,15 +250,15 @@ async fn propagated(
     timeout: Duration,
     served: impl Fn(&[IpAddr]) -> bool,
 ) -> Result<(), StepError> {
-    if ctx.resolvers.is_empty() {
+    if ctx.resolvers().is_empty() {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + ctx.real(timeout);
     let mut reported = false;
     loop {
         let mut waiting = Vec::new();
-        for resolver in &ctx.resolvers {
-            match crate::dns::resolve::served(resolver, record).await {
+        for resolver in ctx.resolvers() {
+            match crate::world::dns::resolve::served(resolver, record).await {
                 Ok(RecordSet { addresses, .. }) if served(&addresses) => {}
                 Ok(RecordSet { addresses, .. }) => {
                     waiting.push(format!("{resolver} still serves {}", show(&addresses)))

@@ -24,10 +24,10 @@ use tokio::time::Instant;
 
 use super::sessions::{is_terminal, pod_key, sample, uid};
 use super::{Context, StepError, human};
-use crate::executor::retry;
 use crate::labels::selector_matches;
 use crate::plan::resolved::DrainPlan;
 use crate::planner::Step;
+use crate::world::retry;
 
 /// Evictions in flight at once.
 const CONCURRENT_EVICTIONS: usize = 64;

@@ -9,7 +9,7 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
-use super::{Context, Mirror, StepError, WindowMode, human, is_ready};
+use super::{Context, Mirror, StepError, human, is_ready};
 use crate::plan::resolved::WindowState;
 use crate::planner::Step;
 
@@ -21,7 +21,7 @@ pub(super) const ETCD_ROLE: &str = "node-role.kubernetes.io/etcd";
 /// this step only records when the window closes.
 pub(super) async fn window(ctx: &Context, _step: &Step) -> Result<Value, StepError> {
     let Some(window) = &ctx.plan.window else { return Ok(Value::Null) };
-    if ctx.windows == WindowMode::Ignore {
+    if !ctx.awaits_windows() {
         return Ok(json!({"waited": false, "reason": "windows are estimated, not awaited, in this rehearsal"}));
     }
     Ok(match window.state_at(ctx.clock.now()) {
@@ -54,7 +54,7 @@ async fn poll_etcd(
     step: &Step,
     what: String,
     advice: &str,
-    mut judge: impl FnMut(&crate::etcd::Health) -> Result<Value, String>,
+    mut judge: impl FnMut(&crate::world::etcd::Health) -> Result<Value, String>,
 ) -> Result<Value, StepError> {
     let Some(etcd) = &ctx.etcd else { return Ok(Value::Null) };
     let timeout = ctx.plan.quorum.timeout;
@@ -81,10 +81,10 @@ async fn poll_etcd(
 
 /// The members that run on the node with these addresses.
 fn members_of<'a>(
-    health: &'a crate::etcd::Health,
+    health: &'a crate::world::etcd::Health,
     addresses: &BTreeMap<String, Vec<String>>,
-) -> Vec<&'a crate::etcd::Member> {
-    health.members.iter().filter(|m| crate::etcd::node_of(m, addresses).is_some()).collect()
+) -> Vec<&'a crate::world::etcd::Member> {
+    health.members.iter().filter(|m| crate::world::etcd::node_of(m, addresses).is_some()).collect()
 }
 
 /// Waits until etcd can lose `leaving`'s member (or, with `None`, until every member is
@@ -151,7 +151,8 @@ pub(super) async fn etcd_after_return(ctx: &Context, step: &Step) -> Result<(), 
     let advice = "The node stays cordoned; once its member is back, run apply again";
     poll_etcd(ctx, step, what, advice, |health| {
         let mine = members_of(health, &addresses);
-        let caught_up = |m: &crate::etcd::Member| leader_before.is_some_and(|l| m.raft_index.is_some_and(|i| i >= l));
+        let caught_up =
+            |m: &crate::world::etcd::Member| leader_before.is_some_and(|l| m.raft_index.is_some_and(|i| i >= l));
         if mine.iter().all(|m| m.healthy && caught_up(m)) {
             return Ok(Value::Null);
         }

@@ -24,10 +24,6 @@ pub struct HookSettings {
     pub log_dir: PathBuf,
     /// Extra environment (KUBECONFIG of the cluster being upgraded).
     pub env: Vec<(OsString, OsString)>,
-    /// Replaces the plan's upgrade hook, per batch (a rehearsal's simulated upgrade).
-    pub upgrade_override: BTreeMap<String, CommandTemplate>,
-    /// Skip the plan's verify hook (a rehearsal cannot run it).
-    pub skip_verify_hook: bool,
 }
 
 /// A hook to run for a node.

@@ -24,10 +24,10 @@ pub use dns::{full_record, preflight as dns_preflight};
 pub use hook::HookSettings;
 
 use super::event::{Event, Observer};
-use super::retry::Patience;
 use crate::plan::Plan;
 use crate::plan::resolved::BatchPlan;
 use crate::planner::{Action, Step};
+use crate::world::retry::Patience;
 
 /// Why a step failed. Messages say what was found and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -61,25 +61,10 @@ pub enum StepError {
     Verify(String),
     /// A DNS change cannot be made safely.
     #[error(transparent)]
-    Dns(#[from] crate::dns::DnsError),
+    Dns(#[from] crate::world::dns::DnsError),
     /// The journal cannot be written.
     #[error(transparent)]
     Journal(#[from] super::journal::JournalError),
-}
-
-/// How maintenance windows are treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WindowMode {
-    /// Outside a window, start no node and wait in-process for the next one (an attended
-    /// run, or a rehearsal that counts the windows a rollout takes).
-    Wait,
-    /// Outside a window, once the nodes in progress are done, stop with
-    /// [`Outcome::Paused`](crate::executor::Outcome::Paused) (a scheduled run: the next
-    /// one resumes). Started before any window, it first waits for one.
-    Pause,
-    /// Do not look at windows; a rehearsal without a start instant estimates them from its
-    /// makespan instead.
-    Ignore,
 }
 
 /// Everything a step needs; shared by all running steps.
@@ -96,20 +81,17 @@ pub struct Context {
     /// Where events go.
     pub observer: Arc<dyn Observer>,
     /// etcd's own health, when the plan names its endpoints.
-    pub etcd: Option<crate::etcd::Etcd>,
+    pub etcd: Option<crate::world::etcd::Etcd>,
     /// The ServiceLB DNS record, when the plan has one.
-    pub dns: Option<Arc<dyn crate::dns::DnsProvider>>,
-    /// Resolvers asked after each DNS change; empty in a rehearsal, whose record lives
-    /// only in memory.
-    pub resolvers: Vec<String>,
-    /// Hooks: logs, environment, rehearsal overrides.
+    pub dns: Option<Arc<dyn crate::world::dns::DnsProvider>>,
+    /// Hooks: logs and environment.
     pub hooks: HookSettings,
-    /// Maintenance windows.
-    pub windows: WindowMode,
+    /// What a rehearsal substitutes; `None` in a real rollout.
+    pub rehearsal: Option<super::Rehearsal>,
     /// The batches as resolved against the cluster (the health gate reads their nodes).
     pub batches: Vec<crate::planner::build::PlannedBatch>,
     /// For Prometheus, when the plan has a health gate on it.
-    pub http: Option<crate::http_client::HttpClient>,
+    pub http: Option<crate::world::http::HttpClient>,
     /// Nodes approved for uncordon, kept up to date from the journal.
     pub approved: watch::Receiver<BTreeSet<String>>,
     /// The first step of every node's chain: where a service node leaves service, so where
@@ -130,6 +112,21 @@ impl Context {
     /// A plan duration as real time.
     pub fn real(&self, plan_time: Duration) -> Duration {
         self.clock.real(plan_time)
+    }
+
+    /// Whether maintenance windows are awaited: always in a rollout; in a rehearsal only
+    /// when it runs from a chosen instant.
+    pub fn awaits_windows(&self) -> bool {
+        self.rehearsal.as_ref().is_none_or(|r| r.await_windows)
+    }
+
+    /// The resolvers asked after each DNS change: the plan's, and none in a rehearsal,
+    /// whose record lives only in memory.
+    pub fn resolvers(&self) -> &[String] {
+        match (&self.rehearsal, &self.plan.load_balancer.dns) {
+            (None, Some(dns)) => &dns.resolvers,
+            _ => &[],
+        }
     }
 
     /// Reports progress of a running step.
@@ -169,7 +166,7 @@ async fn read_node(
     name: &str,
 ) -> Result<k8s_openapi::api::core::v1::Node, StepError> {
     let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-    super::retry::call(patience, || api.get(name))
+    crate::world::retry::call(patience, || api.get(name))
         .await
         .map_err(|source| StepError::Api { context: format!("read node {name}"), source })
 }

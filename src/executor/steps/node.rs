@@ -8,8 +8,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::{Context, StepError};
-use crate::executor::retry;
 use crate::planner::Step;
+use crate::world::retry;
 
 fn nodes(ctx: &Context) -> Api<Node> {
     Api::all(ctx.client.clone())

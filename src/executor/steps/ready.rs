@@ -54,7 +54,7 @@ pub(super) async fn upgrade(
         gates::etcd_before_leaving(ctx, step).await?;
     }
     let settings = &batch.settings.upgrade;
-    let overridden = ctx.hooks.upgrade_override.get(&batch.name);
+    let overridden = ctx.rehearsal.as_ref().and_then(|r| r.upgrade.get(&batch.name));
     let template = overridden.unwrap_or(&settings.command);
     let shell = settings.shell && overridden.is_none();
     let hook = Hook { name: "upgrade", template, shell, timeout: settings.timeout };
@@ -135,7 +135,7 @@ pub(super) async fn verify(ctx: &Context, step: &Step, batch: &BatchPlan) -> Res
         )));
     }
     let mut hook_log = Value::Null;
-    if let Some(template) = expected.command.as_ref().filter(|_| !ctx.hooks.skip_verify_hook) {
+    if let Some(template) = expected.command.as_ref().filter(|_| ctx.rehearsal.is_none()) {
         let hook = Hook { name: "verify", template, shell: false, timeout: expected.ready_timeout };
         hook_log = json!(hook::run(ctx, name, &batch.name, &hook).await?.display().to_string());
     }

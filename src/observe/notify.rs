@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::executor::event::{Event, Observer};
-use crate::http_client::HttpClient;
 use crate::plan::model::NotifyEvent;
 use crate::plan::resolved::UrlSource;
 use crate::planner::Action;
+use crate::world::http::HttpClient;
 
 /// Tries per message, and the pause before the second and third.
 const BACKOFF: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(3)];
@@ -156,18 +156,25 @@ impl Observer for Notifier {
     }
 }
 
+/// The webhook's URL file cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the webhook URL from `{}`", .path.display())]
+pub struct UrlFileError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// The webhook's URL: as written in the plan, or read from its file (relative to the plan's
 /// folder, surrounding whitespace ignored).
-pub fn url(source: &UrlSource, plan_dir: &Path) -> Result<String, crate::Error> {
+pub fn url(source: &UrlSource, plan_dir: &Path) -> Result<String, UrlFileError> {
     match source {
         UrlSource::Inline(url) => Ok(url.clone()),
         UrlSource::File(file) => {
             let path = plan_dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|source| crate::Error::Io {
-                action: "read the webhook URL from",
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| UrlFileError { path, source })?;
             Ok(text.trim().to_owned())
         }
     }

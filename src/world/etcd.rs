@@ -159,7 +159,7 @@ impl Etcd {
             .body(Full::new(Bytes::from_static(if post { b"{}" } else { b"" })))
             .map_err(|e| e.to_string())?;
         let answer = async {
-            let response = self.http.request(request).await.map_err(|e| crate::http_client::describe(&e))?;
+            let response = self.http.request(request).await.map_err(|e| crate::world::http::describe(&e))?;
             let status = response.status();
             let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
             let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

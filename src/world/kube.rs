@@ -8,7 +8,44 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::error::{Error, Result};
+use crate::exit_code::{self, KnowsExitCode};
+
+/// Why no client can be made for an API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The kubeconfig cannot be read or used.
+    #[error("cannot {context}")]
+    Kubeconfig {
+        /// What was being done, naming the file.
+        context: String,
+        /// The cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig was given and none can be found (nor in-cluster configuration).
+    #[error("cannot find a kubeconfig")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// An API server URL does not parse.
+    #[error("cannot use the API server {url}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// The client cannot be built from the configuration (its TLS settings).
+    #[error("cannot create a Kubernetes client")]
+    Client(#[source] kube::Error),
+}
+
+impl KnowsExitCode for ConnectError {
+    fn exit_code(&self) -> i32 {
+        exit_code::FAILURE
+    }
+}
+
+type Result<T, E = ConnectError> = std::result::Result<T, E>;
 
 /// A client for the cluster a kubeconfig names (its current context).
 pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client> {
@@ -39,10 +76,7 @@ pub async fn connect_with_failover(kubeconfig: Option<&Path>, servers: &[String]
     let mut endpoints = Vec::with_capacity(urls.len());
     for url in urls {
         let mut one = config.clone();
-        one.cluster_url = url.parse().map_err(|e: http::uri::InvalidUri| Error::Client {
-            context: format!("use the API server {url}"),
-            message: e.to_string(),
-        })?;
+        one.cluster_url = url.parse().map_err(|source| ConnectError::Url { url: url.clone(), source })?;
         endpoints.push((url, client_for(one)?));
     }
     let service = Failover { endpoints: Arc::new(endpoints), current: Arc::new(AtomicUsize::new(0)) };
@@ -86,8 +120,7 @@ impl tower_service::Service<http::Request<kube::client::Body>> for Failover {
 }
 
 async fn load(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Config> {
-    let failed =
-        |context: String| move |e: kube::config::KubeconfigError| Error::Client { context, message: e.to_string() };
+    let failed = |context: String| move |source| ConnectError::Kubeconfig { context, source };
     let options = KubeConfigOptions { context: context.map(str::to_owned), ..KubeConfigOptions::default() };
     match kubeconfig {
         Some(path) => {
@@ -100,18 +133,13 @@ async fn load(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::
         None if context.is_some() => {
             kube::Config::from_kubeconfig(&options).await.map_err(failed("use the kubeconfig's context".to_owned()))
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Client { context: "find a kubeconfig".into(), message: e.to_string() }),
+        None => kube::Config::infer().await.map_err(ConnectError::Infer),
     }
 }
 
 /// A client for an API server URL with no credentials (the in-process simulator).
 pub fn for_url(url: &str) -> Result<kube::Client> {
-    let uri = url.parse().map_err(|e: http::uri::InvalidUri| Error::Client {
-        context: format!("use the URL {url}"),
-        message: e.to_string(),
-    })?;
+    let uri = url.parse().map_err(|source| ConnectError::Url { url: url.to_owned(), source })?;
     client_for(kube::Config::new(uri))
 }
 
@@ -120,6 +148,5 @@ fn client_for(mut config: kube::Config) -> Result<kube::Client> {
     // eviction's 429 is the PDB saying no, which the caller must see at once (to watch the
     // budget, or report it), so noderoll retries what it chooses, itself.
     config.default_retry = false;
-    kube::Client::try_from(config)
-        .map_err(|e| Error::Client { context: "create a Kubernetes client".into(), message: e.to_string() })
+    kube::Client::try_from(config).map_err(ConnectError::Client)
 }
