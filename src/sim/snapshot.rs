@@ -130,7 +130,7 @@ pub(crate) fn load(cluster: &mut Cluster, items: Vec<(usize, Value)>, warnings: 
             if item["metadata"]["uid"].as_str().is_none_or(str::is_empty) {
                 item["metadata"]["uid"] = json!(cluster.uid());
             }
-            super::controllers::defaults(cluster, resource, &mut item);
+            super::cluster::defaults(cluster, resource, &mut item);
             if let Err(e) = cluster.store.insert(resource, item) {
                 warnings.push(format!("{} {name}: {}, skipped", RESOURCES[resource].kind, e.message));
             }

@@ -1,6 +1,9 @@
 //! The simulated cluster: the store, the clock, pending timers, and the API operations that
 //! change objects (create, update, patch, delete, evict) with the semantics the real API
-//! server gives them. The controllers that react to changes live in `controllers`.
+//! server gives them, with what those operations share with the controllers: the
+//! API server's defaulting ([`defaults`]), a PDB's status ([`budget`]) and the indexes the
+//! controllers keep ([`index`]). The controllers that react to changes live in
+//! `controllers`, which imports from here and never the other way.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,6 +21,14 @@ use super::resources::{RESOURCES, idx};
 use super::status::{ApiError, success};
 use super::store::{Key, Object, Store};
 use crate::labels::selector_matches;
+
+mod budget;
+mod defaults;
+mod index;
+
+pub(crate) use self::budget::budget_status;
+pub(crate) use self::defaults::defaults;
+pub(crate) use self::index::{Index, NodeInfo};
 
 /// How the simulated cluster behaves. Durations are simulated time.
 #[derive(Debug, Clone)]
@@ -77,7 +88,7 @@ pub(crate) struct Cluster {
     timer_seq: u64,
     pub(crate) maintenance: HashMap<String, Maintenance>,
     /// Indexes kept by the controllers from the change stream.
-    pub(crate) index: super::controllers::Index,
+    pub(crate) index: Index,
     next_ip: u32,
 }
 
@@ -91,7 +102,7 @@ impl Cluster {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             maintenance: HashMap::new(),
-            index: super::controllers::Index::default(),
+            index: Index::default(),
             next_ip: 0,
         }
     }
@@ -195,7 +206,7 @@ impl Cluster {
             // without them (the real server's schema check found `annotations: null`).
             m.retain(|_, v| !v.is_null());
         }
-        super::controllers::defaults(self, resource, &mut value);
+        defaults(self, resource, &mut value);
         super::validation::validate(resource, &value)?;
         self.store.insert(resource, value)
     }
@@ -342,7 +353,7 @@ impl Cluster {
             ));
         }
         let pdb = &budgets[0];
-        let status = super::controllers::budget_status(self, &pdb.value());
+        let status = budget_status(self, &pdb.value());
         let healthy = pod.meta.ready;
         if healthy && status.disruptions_allowed <= 0 {
             return Err(ApiError::disruption_budget(
