@@ -298,8 +298,6 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             hooks: HookSettings { log_dir: state.join(format!("{}.logs", plan_stem(&args.plan))), env },
             rehearsal: None,
         };
-        let webhook = plan.webhook.clone();
-        let plan_name = plan.name.clone();
         let rollout = Rollout::plan(&client, plan, &text, &options.patience).await?;
         if let Location::File(path) = journal_location {
             approvals_from_stdin(path);
@@ -315,12 +313,16 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
             tracing::info!(%bound, "serving metrics");
             observers.push(metrics);
         }
-        let notifier = match &webhook {
+        let notifier = match &rollout.plan.webhook {
             Some(webhook) => {
                 let url = crate::observe::notify::url(&webhook.url, plan_dir)?;
                 let http = crate::world::http::HttpClient::new().map_err(Error::Http)?;
-                let notifier =
-                    Arc::new(crate::observe::notify::Notifier::start(url, &plan_name, webhook.events.clone(), http));
+                let notifier = Arc::new(crate::observe::notify::Notifier::start(
+                    url,
+                    &rollout.plan.name,
+                    webhook.events.clone(),
+                    http,
+                ));
                 observers.push(notifier.clone());
                 Some(notifier)
             }
