@@ -1,10 +1,35 @@
-//! Label selectors in their object form (`matchLabels`, `matchExpressions`), as PDBs and
-//! workloads carry them. The simulator's controllers and the executor's drain both ask
-//! which PDB covers a pod, so they share one reading of the rules.
+//! The label and annotation names noderoll knows (Kubernetes', k3s', Cilium's and Juno's),
+//! each spelled once, and label selectors in their object form (`matchLabels`,
+//! `matchExpressions`) as PDBs and workloads carry them. The simulator's controllers and the
+//! executor's drain both ask which PDB covers a pod, so they share one reading of the rules.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+
+/// Juno's label on the nodes that run its web services.
+pub const JUNO_SERVICE: &str = "juno-innovations.com/service";
+/// Juno's label on workstation nodes.
+pub const JUNO_WORKSTATION: &str = "juno-innovations.com/workstation";
+/// Juno's annotation on session pods (the plan's `sessions.annotation` default).
+pub const JUNO_SESSION: &str = "juno-innovations.com/workload";
+/// The role label k3s puts on server nodes.
+pub const CONTROL_PLANE_ROLE: &str = "node-role.kubernetes.io/control-plane";
+/// The role label k3s puts on nodes that run an embedded etcd member.
+pub const ETCD_ROLE: &str = "node-role.kubernetes.io/etcd";
+/// The role label older clusters still carry beside `control-plane`.
+pub const MASTER_ROLE: &str = "node-role.kubernetes.io/master";
+/// Labels that say a node serves (control plane, etcd, Juno services).
+pub const SERVICE_LABELS: [&str; 4] = [JUNO_SERVICE, CONTROL_PLANE_ROLE, ETCD_ROLE, MASTER_ROLE];
+/// The node label a CiliumBGPPeeringPolicy commonly selects by (the plan's `bgp.nodeLabel`
+/// default).
+pub const CILIUM_BGP: &str = "cilium.io/bgp-enabled";
+/// The annotation the kubelet puts on mirror pods of static manifests; the drain leaves them.
+pub const MIRROR_POD: &str = "kubernetes.io/config.mirror";
+/// The taint the node lifecycle controller sets on a cordoned node.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+/// The recommended label naming the tool that manages an object.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// Whether a `LabelSelector` object (`matchLabels`, `matchExpressions`) selects `labels`.
 /// An empty selector selects everything; a missing one selects nothing, as for PDBs.

@@ -315,7 +315,7 @@ async fn run(
             Some(Arc::new(SimulatedDns::new(
                 &dns.name,
                 addresses,
-                dns.ttl.unwrap_or(crate::plan::resolved::ASSUMED_TTL),
+                dns.ttl.unwrap_or(crate::plan::defaults::ASSUMED_TTL),
             )))
         }
         None => None,
@@ -407,14 +407,4 @@ async fn reboots(client: &kube::Client) -> Result<BTreeMap<String, u64>> {
     *request.uri_mut() = http::Uri::from_static("/sim/v1/state");
     let state: serde_json::Value = client.request(request).await.map_err(RehearseError::State)?;
     Ok(serde_json::from_value(state["reboots"].clone()).unwrap_or_default())
-}
-
-/// How long a simulated duration is, for reports.
-pub fn simulated(seconds: f64) -> String {
-    let total = Duration::from_secs_f64(seconds.max(0.0)).as_secs();
-    match (total / 3600, total % 3600 / 60, total % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m {s:02}s"),
-        (h, m, _) => format!("{h}h {m:02}m"),
-    }
 }

@@ -393,7 +393,7 @@ fn render_report(report: &Report, kept: bool) -> String {
         &mut out,
         format!(
             "  makespan      {} simulated ({:.1} s real), {} node(s)",
-            rehearse::simulated(report.simulated_seconds),
+            simulated(report.simulated_seconds),
             report.real_seconds,
             report.nodes
         ),
@@ -403,7 +403,7 @@ fn render_report(report: &Report, kept: bool) -> String {
             &mut out,
             format!(
                 "  lower bound   {} (the critical path with these step durations; makespan {:+.1}%)",
-                rehearse::simulated(report.critical_path_seconds),
+                simulated(report.critical_path_seconds),
                 (report.simulated_seconds / report.critical_path_seconds - 1.0) * 100.0
             ),
         );
@@ -446,7 +446,7 @@ fn render_report(report: &Report, kept: bool) -> String {
     if !report.slowest_steps.is_empty() {
         line(&mut out, "  slowest steps".into());
         for s in &report.slowest_steps {
-            line(&mut out, format!("    {:<32} {}", s.step, rehearse::simulated(s.seconds)));
+            line(&mut out, format!("    {:<32} {}", s.step, simulated(s.seconds)));
         }
     }
     if report.blockers.is_empty() {
@@ -572,4 +572,9 @@ pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
         }
     }
     Ok(exit_code::SUCCESS)
+}
+
+/// A simulated length of time from a report, as reports print lengths.
+fn simulated(seconds: f64) -> String {
+    crate::plan::duration::elapsed(std::time::Duration::from_secs_f64(seconds.max(0.0)))
 }

@@ -82,7 +82,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "90s", value_parser = duration)]
     pub reboot_time: Duration,
     /// The annotation that marks a Juno session pod.
-    #[arg(long, default_value = "juno-innovations.com/workload")]
+    #[arg(long, default_value = crate::labels::JUNO_SESSION)]
     pub session_annotation: String,
     /// Simulated lifetime of a session, drawn uniformly from MIN..MAX.
     #[arg(long, default_value = "10m..2h", value_parser = lifetime)]

@@ -329,7 +329,7 @@ fn config_map(name: &str, packed: Vec<u8>) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), "noderoll".to_owned())])),
+            labels: Some(BTreeMap::from([(crate::labels::MANAGED_BY.to_owned(), "noderoll".to_owned())])),
             ..ObjectMeta::default()
         },
         binary_data: Some(BTreeMap::from([(KEY.to_owned(), ByteString(packed))])),

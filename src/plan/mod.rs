@@ -2,7 +2,9 @@
 //! ([`load`]), and validating it into a [`Plan`] ([`validate`]) with diagnostics that point at
 //! the YAML.
 
+pub mod defaults;
 pub mod diagnostic;
+pub mod duration;
 pub mod load;
 pub mod model;
 pub mod resolved;

@@ -4,6 +4,10 @@
 //! keep values as written: durations, selectors and placeholders stay strings here and are
 //! checked by [`crate::plan::validate`], which can then report every fault at once instead of
 //! stopping at the first one serde meets.
+//!
+//! It is one file of about 650 lines on purpose: it is the document's outline, each type
+//! after its parent in the order the YAML nests, and nearly every line is a field with the
+//! doc comment the schema shows in editors. Split, it would be cut by length, not by concern.
 
 use std::collections::BTreeMap;
 
@@ -152,7 +156,7 @@ pub struct Dns {
 }
 
 /// The record-set strategy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DnsStrategy {
     /// One record per service node; withdraw and restore the node's own record.
@@ -163,7 +167,7 @@ pub enum DnsStrategy {
 }
 
 /// Which Node status address stands for the node in DNS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AddressType {
     /// `status.addresses[type=InternalIP]`.
     #[default]
@@ -320,7 +324,6 @@ pub struct StepSettings {
     #[serde(default)]
     pub verify: Option<VerifySettings>,
     /// `auto`, or `approve`: wait for an operator to approve before the node serves again.
-    #[serde(default)]
     pub uncordon: Option<UncordonPolicy>,
 }
 
@@ -364,12 +367,11 @@ pub struct SessionSettings {
     #[schemars(with = "Option<DurationString>")]
     pub timeout: Option<Spanned<String>>,
     /// What to do at the timeout: `halt` (default) or `drain` (evict the sessions).
-    #[serde(default)]
     pub on_timeout: Option<SessionTimeoutPolicy>,
 }
 
 /// What happens when sessions outlast their timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SessionTimeoutPolicy {
     /// Stop the rollout and leave the node cordoned.
@@ -417,7 +419,7 @@ pub struct VerifySettings {
 }
 
 /// Whether a verified node goes back into service by itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UncordonPolicy {
     /// Uncordon as soon as the node is verified.
@@ -442,7 +444,6 @@ pub struct Window {
     #[schemars(with = "Option<String>")]
     pub timezone: Option<Spanned<String>>,
     /// What a node in progress does when the window closes: `finish` (default) or `halt`.
-    #[serde(default)]
     pub on_window_end: Option<WindowEndPolicy>,
 }
 
@@ -451,7 +452,6 @@ pub struct Window {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Health {
     /// `batch` (default): check before each batch starts; `node`: also before each node.
-    #[serde(default)]
     pub before: Option<HealthScope>,
     /// Before a batch, every node of the batches it runs after must be Ready. Default: `true`.
     #[serde(default)]
@@ -475,7 +475,7 @@ pub struct Health {
 }
 
 /// Where health gates run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HealthScope {
     /// Before each batch.
@@ -544,7 +544,7 @@ pub enum NotifyEvent {
 }
 
 /// What happens to nodes in progress at the end of a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WindowEndPolicy {
     /// Let started nodes finish; start no new ones.
@@ -594,7 +594,6 @@ pub struct Batch {
     #[serde(default)]
     pub verify: Option<VerifySettings>,
     /// Overrides `defaults.uncordon` for this batch.
-    #[serde(default)]
     pub uncordon: Option<UncordonPolicy>,
 }
 

@@ -46,11 +46,6 @@ pub struct LoadBalancerPlan {
     pub l2: Option<L2Plan>,
 }
 
-/// The TTL assumed for the ServiceLB record when the plan sets none and the live record
-/// cannot be read (the planner's estimate, a rehearsal's in-memory record): what k3s users
-/// commonly give a record in front of a load balancer.
-pub const ASSUMED_TTL: u32 = 60;
-
 /// The ServiceLB DNS record.
 #[derive(Debug, Clone)]
 pub struct DnsPlan {

@@ -15,7 +15,7 @@ use crate::plan::resolved::Settings;
 
 /// The typical duration of an action for a batch's settings.
 pub fn typical(action: Action, settings: &Settings, dns_ttl: Option<u32>) -> Duration {
-    let ttl = Duration::from_secs(u64::from(dns_ttl.unwrap_or(crate::plan::resolved::ASSUMED_TTL)));
+    let ttl = Duration::from_secs(u64::from(dns_ttl.unwrap_or(crate::plan::defaults::ASSUMED_TTL)));
     match action {
         Action::DnsWithdraw | Action::DnsRepoint | Action::DnsRestore => ttl + Duration::from_secs(5),
         Action::Cordon | Action::Uncordon | Action::BgpWithdraw | Action::BgpRestore => Duration::from_secs(1),

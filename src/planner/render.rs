@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -11,6 +10,7 @@ use super::build::Planned;
 use super::estimate::{CriticalPath, critical_path};
 use super::graph::Action;
 use crate::plan::Plan;
+use crate::plan::duration::elapsed;
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
 use crate::plan::resolved::DnsProviderPlan;
 
@@ -152,7 +152,7 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
         q.members, q.limit
     );
     if let Some(w) = &plan.window {
-        let _ = writeln!(out, "window: `{}` for {} ({})", w.cron_text, human(w.duration), w.timezone_name);
+        let _ = writeln!(out, "window: `{}` for {} ({})", w.cron_text, elapsed(w.duration), w.timezone_name);
     }
     let chain_by_node: HashMap<&str, &super::build::NodeChain> =
         planned.chains.iter().map(|c| (c.node.as_str(), c)).collect();
@@ -206,7 +206,7 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
     let _ = writeln!(
         out,
         "estimated duration: {} (typical step durations; `noderoll rehearse` measures real ones)",
-        human(path.duration)
+        elapsed(path.duration)
     );
     out
 }
@@ -324,15 +324,5 @@ fn abbreviate(nodes: &[&str]) -> String {
         nodes.join(" → ")
     } else {
         format!("{} → … → {}", nodes[..4].join(" → "), nodes[nodes.len() - 3..].join(" → "))
-    }
-}
-
-/// `1h 05m`, `12m 30s`, `45s`.
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match (s / 3600, (s % 3600) / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m {s:02}s"),
-        (h, m, _) => format!("{h}h {m:02}m"),
     }
 }

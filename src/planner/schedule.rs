@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::render::human;
+use crate::plan::duration::elapsed;
 use crate::plan::resolved::WindowPlan;
 
 /// How many upcoming windows a preview lists.
@@ -76,13 +76,13 @@ pub fn text(schedule: &Schedule, window: &WindowPlan) -> String {
     let mut out = format!(
         "\nmaintenance windows (`{}` for {}, {}):\n",
         window.cron_text,
-        human(window.duration),
+        elapsed(window.duration),
         window.timezone_name
     );
     for span in &schedule.next {
         let _ = writeln!(out, "  {} → {}", span.opens, span.closes);
     }
-    let length = human(Duration::from_secs(schedule.makespan_seconds));
+    let length = elapsed(Duration::from_secs(schedule.makespan_seconds));
     let _ = match (schedule.counted, schedule.makespan_source) {
         (true, _) => writeln!(out, "  needs {} window(s), as a rehearsal counted them", schedule.windows_needed),
         (false, "rehearsal") => writeln!(

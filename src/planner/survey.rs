@@ -10,19 +10,9 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::build::{Inventory, Planned};
-use crate::labels::selector_matches;
+use crate::labels::{JUNO_WORKSTATION, SERVICE_LABELS, selector_matches};
 use crate::plan::Plan;
 use crate::plan::model::Role;
-
-/// Labels that say a node serves (control plane, etcd, Juno services).
-pub const SERVICE_LABELS: [&str; 4] = [
-    "juno-innovations.com/service",
-    "node-role.kubernetes.io/control-plane",
-    "node-role.kubernetes.io/etcd",
-    "node-role.kubernetes.io/master",
-];
-/// The label Juno puts on workstation nodes.
-const WORKSTATION_LABEL: &str = "juno-innovations.com/workstation";
 
 /// One plan node as the cluster has it now.
 #[derive(Debug, Clone, Serialize)]
@@ -73,10 +63,10 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
             continue;
         };
         let serves = has_any(labels, &SERVICE_LABELS);
-        let works = has_any(labels, &[WORKSTATION_LABEL]);
+        let works = has_any(labels, &[JUNO_WORKSTATION]);
         match batch.role {
             Role::Service if works && !serves => result.role_conflicts.push(format!(
-                "{} is in service batch `{}` but is labelled `{WORKSTATION_LABEL}`",
+                "{} is in service batch `{}` but is labelled `{JUNO_WORKSTATION}`",
                 chain.node, batch.name
             )),
             Role::Workstation if serves => result.role_conflicts.push(format!(

@@ -5,8 +5,12 @@
 
 use std::fmt::Write;
 
+use crate::labels::SERVICE_LABELS;
+use crate::plan::defaults;
+use crate::plan::duration::written;
+use crate::plan::model::{API_VERSION, KIND};
 use crate::planner::Inventory;
-use crate::planner::survey::{SERVICE_LABELS, has_any};
+use crate::planner::survey::has_any;
 
 /// The plan's YAML.
 pub fn starter(name: &str, inventory: &Inventory, batch_size: usize) -> String {
@@ -24,14 +28,33 @@ pub fn starter(name: &str, inventory: &Inventory, batch_size: usize) -> String {
     );
     out.push_str("# Set the load balancer mode (servicelb needs its DNS record) and the upgrade command,\n");
     out.push_str("# then `noderoll check` and `noderoll preview --kubeconfig ...` it.\n");
-    let _ = writeln!(out, "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata:\n  name: {name}\nspec:");
+    let _ = writeln!(out, "apiVersion: {API_VERSION}\nkind: {KIND}\nmetadata:\n  name: {name}\nspec:");
     out.push_str("  loadBalancer:\n    mode: external\n");
-    out.push_str("  defaults:\n    drain: {timeout: 15m, ignoreDaemonSets: true, deleteEmptyDirData: true}\n");
-    out.push_str("    sessions: {annotation: juno-innovations.com/workload, timeout: 8h, onTimeout: halt}\n");
-    out.push_str(
-        "    upgrade:\n      command: [ssh, \"{node}\", sudo, /usr/local/sbin/upgrade-node]\n      timeout: 45m\n",
+    // The built-in defaults spelled out, so the operator sees what there is to tune, but for
+    // `deleteEmptyDirData`: on, so that a pod with an emptyDir volume does not refuse the
+    // first drain of someone trying noderoll out (the built-in default keeps kubectl's off).
+    let _ = writeln!(
+        out,
+        "  defaults:\n    drain: {{timeout: {}, ignoreDaemonSets: {}, deleteEmptyDirData: true}}",
+        written(defaults::DRAIN_TIMEOUT),
+        defaults::IGNORE_DAEMON_SETS
     );
-    out.push_str("    verify: {readyTimeout: 20m}\n    uncordon: auto\n  batches:\n");
+    let _ = writeln!(
+        out,
+        "    sessions: {{annotation: {}, timeout: {}, onTimeout: halt}}",
+        defaults::SESSION_ANNOTATION,
+        written(defaults::SESSION_TIMEOUT)
+    );
+    let _ = writeln!(
+        out,
+        "    upgrade:\n      command: [ssh, \"{{node}}\", sudo, /usr/local/sbin/upgrade-node]\n      timeout: {}",
+        written(defaults::UPGRADE_TIMEOUT)
+    );
+    let _ = writeln!(
+        out,
+        "    verify: {{readyTimeout: {}}}\n    uncordon: auto\n  batches:",
+        written(defaults::READY_TIMEOUT)
+    );
     if !service.is_empty() {
         let _ = writeln!(
             out,
@@ -59,7 +82,7 @@ mod tests {
     #[test]
     fn a_starting_plan_is_valid_and_puts_service_nodes_first() {
         let mut inventory = Inventory::default();
-        let service = BTreeMap::from([("node-role.kubernetes.io/control-plane".to_owned(), "true".to_owned())]);
+        let service = BTreeMap::from([(crate::labels::CONTROL_PLANE_ROLE.to_owned(), "true".to_owned())]);
         for n in ["cp1", "cp2", "cp3"] {
             inventory.nodes.insert(n.into(), service.clone());
         }

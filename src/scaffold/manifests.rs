@@ -110,7 +110,7 @@ fn namespace_rules(names: &Names) -> Vec<Value> {
 }
 
 fn labels(plan: &str) -> Value {
-    json!({"app.kubernetes.io/name": "noderoll", "app.kubernetes.io/instance": plan, "app.kubernetes.io/managed-by": "noderoll"})
+    json!({"app.kubernetes.io/name": "noderoll", "app.kubernetes.io/instance": plan, crate::labels::MANAGED_BY: "noderoll"})
 }
 
 /// The manifests as one YAML stream, with a comment saying what to do with them.

@@ -58,10 +58,10 @@ pub struct AdvanceRequest {
     pub by: String,
 }
 
-/// A duration such as `90s` or `1h30m` (any jiff-friendly spelling); zero is allowed.
+/// A duration as plans write them (`90s`, `1h30m`); zero is allowed. The error names the
+/// text, as a request's or a flag's error must.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let parsed: jiff::SignedDuration = text.trim().parse().map_err(|e: jiff::Error| format!("`{text}`: {e}"))?;
-    Duration::try_from(parsed).map_err(|_| format!("`{text}` is negative"))
+    crate::plan::duration::parse(text).map_err(|e| format!("`{text}`: {e}"))
 }
 
 fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {

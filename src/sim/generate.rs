@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::cluster::Cluster;
 use super::resources::idx;
 use super::status::ApiError;
+use crate::labels::{CILIUM_BGP, CONTROL_PLANE_ROLE, ETCD_ROLE, JUNO_SERVICE, JUNO_WORKSTATION, MASTER_ROLE};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -59,9 +60,6 @@ impl Default for GenerateOptions {
     }
 }
 
-pub(crate) const SERVICE_LABEL: &str = "juno-innovations.com/service";
-pub(crate) const WORKSTATION_LABEL: &str = "juno-innovations.com/workstation";
-
 /// Workstation names: `ws01`...`ws99`, then as wide as the count needs.
 pub(crate) fn workstation_name(index: usize, count: usize) -> String {
     let width = count.to_string().len().max(2);
@@ -72,7 +70,7 @@ fn node(name: &str, address: &str, labels: Value, options: &GenerateOptions) -> 
     let mut all = json!({
         "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
         "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
-        "node.kubernetes.io/instance-type": "k3s", "cilium.io/bgp-enabled": "true",
+        "node.kubernetes.io/instance-type": "k3s", CILIUM_BGP: "true",
     });
     for (k, v) in labels.as_object().into_iter().flatten() {
         all[k] = v.clone();
@@ -137,21 +135,19 @@ pub(crate) fn populate(cluster: &mut Cluster, options: &GenerateOptions) -> Resu
         let (mut labels, address) = if spec.service {
             services += 1;
             let labels = json!({
-                "node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/etcd": "true",
-                "node-role.kubernetes.io/master": "true", SERVICE_LABEL: "true",
+                CONTROL_PLANE_ROLE: "true", ETCD_ROLE: "true", MASTER_ROLE: "true", JUNO_SERVICE: "true",
             });
             (labels, format!("10.0.0.{}", 10 + services))
         } else {
             workstations += 1;
-            (json!({WORKSTATION_LABEL: "true"}), format!("10.0.{}.{}", 1 + workstations / 250, workstations % 250 + 1))
+            (json!({JUNO_WORKSTATION: "true"}), format!("10.0.{}.{}", 1 + workstations / 250, workstations % 250 + 1))
         };
         for (key, value) in &spec.labels {
             labels[key] = json!(value);
         }
         cluster.create(idx::NODES, node(&spec.name, &address, labels, options))?;
     }
-    let control_plane_toleration =
-        json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]);
+    let control_plane_toleration = json!([{"key": CONTROL_PLANE_ROLE, "operator": "Exists", "effect": "NoSchedule"}]);
     cluster.create(
         idx::DAEMONSETS,
         workload(json!({}), "svclb-traefik", "kube-system", json!({"app": "svclb-traefik"}),
@@ -190,7 +186,7 @@ pub(crate) fn populate(cluster: &mut Cluster, options: &GenerateOptions) -> Resu
                 "juno",
                 labels.clone(),
                 json!({"containers": container("app", "example.invalid/juno/service:1"),
-                       "nodeSelector": {SERVICE_LABEL: "true"}, "terminationGracePeriodSeconds": 30}),
+                       "nodeSelector": {JUNO_SERVICE: "true"}, "terminationGracePeriodSeconds": 30}),
             ),
         )?;
         cluster.create(
@@ -210,7 +206,7 @@ pub(crate) fn populate(cluster: &mut Cluster, options: &GenerateOptions) -> Resu
                 },
                 "spec": {
                     "containers": container("desktop", "example.invalid/juno/workstation:1"),
-                    "nodeSelector": {WORKSTATION_LABEL: "true"},
+                    "nodeSelector": {JUNO_WORKSTATION: "true"},
                     "volumes": [{"name": "scratch", "emptyDir": {}}],
                     "terminationGracePeriodSeconds": 30,
                 },

@@ -93,7 +93,7 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                     name,
                     node,
                     labels: strings(&meta["labels"]),
-                    mirror: annotations.contains("kubernetes.io/config.mirror"),
+                    mirror: annotations.contains(crate::labels::MIRROR_POD),
                     annotations,
                     daemon_set,
                     terminal: matches!(object["status"]["phase"].as_str(), Some("Succeeded" | "Failed")),

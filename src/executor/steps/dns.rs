@@ -10,9 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{Value, json};
 
-use super::{Context, StepError, human};
+use super::{Context, StepError};
 use crate::executor::event::Event;
 use crate::plan::Plan;
+use crate::plan::duration::written;
 use crate::plan::model::{AddressType, DnsStrategy, Role};
 use crate::plan::resolved::DnsPlan;
 use crate::planner::{Action, Planned, Step};
@@ -231,7 +232,7 @@ pub(super) async fn act(ctx: &Context, step: &Step, detail: &Value) -> Result<Va
     let was_served = current.addresses.contains(&own) || journaled_before(detail).contains(&own);
     if kind != ChangeKind::Restore && was_served {
         let old_ttl = Duration::from_secs(u64::from(current.ttl.max(journaled_ttl)));
-        ctx.progress(step, format!("waiting out the old TTL ({}) so caches drop {own}", human(old_ttl)));
+        ctx.progress(step, format!("waiting out the old TTL ({}) so caches drop {own}", written(old_ttl)));
         tokio::time::sleep(ctx.real(old_ttl)).await;
     }
     Ok(json!({"address": own, "changed": changed, "records": after, "ttl": ttl}))
@@ -272,7 +273,7 @@ async fn propagated(
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::Timeout {
                 what: format!("the change of {record} reaching every resolver"),
-                after: human(timeout),
+                after: written(timeout),
                 detail: format!(": {}", waiting.join("; ")),
             });
         }

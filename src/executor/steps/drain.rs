@@ -23,8 +23,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::sessions::{is_terminal, pod_key, sample, uid};
-use super::{Context, StepError, human};
+use super::{Context, StepError};
 use crate::labels::selector_matches;
+use crate::plan::duration::written;
 use crate::plan::resolved::DrainPlan;
 use crate::planner::Step;
 use crate::world::retry;
@@ -104,7 +105,7 @@ fn classify(pods: Vec<Pod>, settings: &DrainPlan) -> Classified {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let empty_dir =
             pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
-        let mirror = annotations.contains_key("kubernetes.io/config.mirror");
+        let mirror = annotations.contains_key(crate::labels::MIRROR_POD);
         if mirror || (daemon_set && settings.ignore_daemon_sets) {
             left.push(key);
         } else if daemon_set {
@@ -411,7 +412,7 @@ fn give_up(
     };
     StepError::Timeout {
         what: format!("draining {node}"),
-        after: human(settings.timeout),
+        after: written(settings.timeout),
         detail: format!("; {}; {help}", parts.join("; ")),
     }
 }

@@ -9,12 +9,11 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
-use super::{Context, Mirror, StepError, human, is_ready};
+use super::{Context, Mirror, StepError, is_ready};
+use crate::labels::ETCD_ROLE;
+use crate::plan::duration::written;
 use crate::plan::resolved::WindowState;
 use crate::planner::Step;
-
-/// The label k3s puts on nodes that run an embedded etcd member.
-pub(super) const ETCD_ROLE: &str = "node-role.kubernetes.io/etcd";
 
 /// Journals the window a batch starts in. The executor's loop is what keeps batches and
 /// nodes from starting outside a window (it holds this step, too, until one opens), so
@@ -73,7 +72,7 @@ async fn poll_etcd(
             last.clone_from(&problem);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(StepError::Timeout { what, after: human(timeout), detail: format!("; {problem}. {advice}") });
+            return Err(StepError::Timeout { what, after: written(timeout), detail: format!("; {problem}. {advice}") });
         }
         tokio::time::sleep(ctx.real(Duration::from_secs(1)).max(Duration::from_millis(200))).await;
     }
@@ -194,7 +193,7 @@ async fn ready_etcd_nodes(ctx: &Context, step: &Step, leaving: Option<&str>) -> 
             () = &mut deadline => {
                 return Err(StepError::Timeout {
                     what: "every etcd member's node being Ready".into(),
-                    after: human(timeout),
+                    after: written(timeout),
                     detail: format!(
                         "; NotReady: {}. Taking another member down could lose quorum; bring them back, then run apply again",
                         unready(&members).join(", ")

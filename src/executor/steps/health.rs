@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::hook::{self, Hook};
-use super::{Context, StepError, human, is_ready};
+use super::{Context, StepError, is_ready};
+use crate::plan::duration::written;
 use crate::plan::resolved::HealthPlan;
 use crate::planner::Step;
 
@@ -45,7 +46,7 @@ async fn wait_healthy(ctx: &Context, step: &Step, node: Option<&str>) -> Result<
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::Timeout {
                 what: "the health gate".into(),
-                after: human(health.timeout),
+                after: written(health.timeout),
                 detail: format!("; {problem}. Nothing was started; fix it, then run apply again"),
             });
         }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::{Context, StepError, human};
+use super::{Context, StepError};
+use crate::plan::duration::written;
 use crate::plan::template::CommandTemplate;
 
 /// How hooks run in this rollout.
@@ -123,7 +124,7 @@ pub(super) async fn run(ctx: &Context, node: &str, batch: &str, hook: &Hook<'_>)
             let _ = child.kill().await;
             Err(StepError::Timeout {
                 what: format!("the {} hook of {node} finishing", hook.name),
-                after: human(hook.timeout),
+                after: written(hook.timeout),
                 detail: format!(" (killed); its output is in {}", log_path.display()),
             })
         }

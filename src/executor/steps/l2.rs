@@ -9,7 +9,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use super::sessions::sample;
-use super::{Context, Mirror, StepError, human};
+use super::{Context, Mirror, StepError};
+use crate::plan::duration::written;
 use crate::planner::Step;
 
 /// The prefix Cilium gives its L2 announcement Leases.
@@ -37,7 +38,7 @@ pub(super) async fn wait_release(ctx: &Context, step: &Step) -> Result<Value, St
         tokio::select! {
             () = &mut deadline => return Err(StepError::Timeout {
                 what: format!("{node} releasing its Cilium L2 announcements"),
-                after: human(l2.release_timeout),
+                after: written(l2.release_timeout),
                 detail: format!(
                     "; it still holds {} in {}. Check the cilium agent on the node; the node stays cordoned",
                     sample(held(&leases)),

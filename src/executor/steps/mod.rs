@@ -179,16 +179,6 @@ pub(super) fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Formats a plan duration the way plans write them.
-pub fn human(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    match secs {
-        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 /// Reads what a resume will need to judge the step, before it acts.
 pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
     let Some(node) = step.node.as_deref() else { return Ok(Value::Null) };

@@ -8,7 +8,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use super::hook::{self, Hook};
-use super::{Context, StepError, gates, human, is_ready};
+use super::{Context, StepError, gates, is_ready};
+use crate::plan::duration::written;
 use crate::plan::model::Role;
 use crate::plan::resolved::BatchPlan;
 use crate::planner::Step;
@@ -86,7 +87,7 @@ pub(super) async fn wait_ready(ctx: &Context, step: &Step, batch: &BatchPlan) ->
         tokio::select! {
             () = &mut deadline => return Err(StepError::Timeout {
                 what: format!("{name} coming back Ready with a new boot ID"),
-                after: human(timeout),
+                after: written(timeout),
                 detail: format!("; it is {state}. Check the machine's console; once it is back, run apply again (the node stays cordoned)"),
             }),
             item = stream.next() => match item {

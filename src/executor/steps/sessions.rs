@@ -8,7 +8,8 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
-use super::{Context, Mirror, StepError, human};
+use super::{Context, Mirror, StepError};
+use crate::plan::duration::written;
 use crate::plan::model::SessionTimeoutPolicy;
 use crate::plan::resolved::SessionsPlan;
 use crate::planner::Step;
@@ -62,7 +63,7 @@ pub(super) async fn wait(ctx: &Context, step: &Step, settings: &SessionsPlan) ->
                 return match settings.on_timeout {
                     SessionTimeoutPolicy::Halt => Err(StepError::Timeout {
                         what: format!("the sessions on {node} ending"),
-                        after: human(settings.timeout),
+                        after: written(settings.timeout),
                         detail: format!(
                             "; still running: {}. Ask the users to save and log out, or set sessions.onTimeout: drain to evict them, then run apply again",
                             sample(left)
@@ -72,7 +73,7 @@ pub(super) async fn wait(ctx: &Context, step: &Step, settings: &SessionsPlan) ->
                         ctx.warn(format!(
                             "{} session(s) still on {node} after {}; the drain evicts them (sessions.onTimeout: drain): {}",
                             left.len(),
-                            human(settings.timeout),
+                            written(settings.timeout),
                             sample(left.iter().cloned())
                         ));
                         Ok(json!({"sessionsLeft": left.len(), "onTimeout": "drain"}))

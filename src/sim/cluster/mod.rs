@@ -50,7 +50,7 @@ impl Default for Behaviour {
         Behaviour {
             pod_start: Duration::from_secs(5),
             reboot: Duration::from_secs(90),
-            session_annotation: "juno-innovations.com/workload".to_owned(),
+            session_annotation: crate::labels::JUNO_SESSION.to_owned(),
             session_lifetime: (Duration::from_secs(600), Duration::from_secs(7200)),
             session_reconnect: Duration::from_secs(30),
         }

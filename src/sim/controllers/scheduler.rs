@@ -35,7 +35,7 @@ pub(crate) fn tolerates_taint(tolerations: &[Value], taint: &Value) -> bool {
 /// lets a pod that tolerates `node.kubernetes.io/unschedulable:NoSchedule` through (seen
 /// on kube-scheduler v1.36.3: a Deployment tolerating every taint went to cordoned nodes).
 pub(crate) fn tolerates_cordon(tolerations: &[Value]) -> bool {
-    tolerates_taint(tolerations, &json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}))
+    tolerates_taint(tolerations, &json!({"key": crate::labels::UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}))
 }
 
 pub(crate) fn node_selector_matches(spec: &Value, node: &NodeInfo) -> bool {

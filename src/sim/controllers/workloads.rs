@@ -18,7 +18,7 @@ pub(crate) const DAEMONSET_TOLERATIONS: &[&str] = &[
     "node.kubernetes.io/disk-pressure",
     "node.kubernetes.io/memory-pressure",
     "node.kubernetes.io/pid-pressure",
-    "node.kubernetes.io/unschedulable",
+    crate::labels::UNSCHEDULABLE_TAINT,
     "node.kubernetes.io/network-unavailable",
 ];
 

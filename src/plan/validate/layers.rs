@@ -1,0 +1,143 @@
+//! Step settings in layers: the built-in defaults, then the plan's `defaults` section, then
+//! each batch's own sections, field by field.
+
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::{Checker, HOOK_PLACEHOLDERS};
+use crate::plan::defaults;
+use crate::plan::model::{self, Batch, StepSettings, UncordonPolicy};
+use crate::plan::resolved::{DrainPlan, SessionsPlan, VerifyPlan};
+
+/// Step settings with everything but the upgrade command known: the defaults section may
+/// leave the command to each batch.
+#[derive(Clone)]
+pub(super) struct Layer {
+    pub(super) drain: DrainPlan,
+    pub(super) sessions: SessionsPlan,
+    pub(super) upgrade_command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) shell: bool,
+    pub(super) upgrade_timeout: Duration,
+    pub(super) verify: VerifyPlan,
+    pub(super) uncordon: UncordonPolicy,
+}
+
+impl Layer {
+    /// The built-in defaults, under the plan's `defaults` section.
+    pub(super) fn builtin() -> Self {
+        Layer {
+            drain: DrainPlan {
+                timeout: defaults::DRAIN_TIMEOUT,
+                ignore_daemon_sets: defaults::IGNORE_DAEMON_SETS,
+                delete_empty_dir_data: defaults::DELETE_EMPTY_DIR_DATA,
+                grace_period: None,
+                pod_selector: None,
+                skip_wait_for_delete_timeout: None,
+            },
+            sessions: SessionsPlan {
+                annotation: defaults::SESSION_ANNOTATION.into(),
+                timeout: defaults::SESSION_TIMEOUT,
+                on_timeout: defaults::SESSION_ON_TIMEOUT,
+            },
+            upgrade_command: None,
+            shell: defaults::SHELL,
+            upgrade_timeout: defaults::UPGRADE_TIMEOUT,
+            verify: VerifyPlan {
+                ready_timeout: defaults::READY_TIMEOUT,
+                kubelet_version: None,
+                os_image: None,
+                command: None,
+            },
+            uncordon: defaults::UNCORDON,
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// Applies one layer of settings (the plan's defaults, or a batch's overrides) on top of
+    /// `base`, field by field.
+    pub(super) fn layer(&mut self, base: &Layer, over: Overrides<'_>) -> Layer {
+        let mut out = base.clone();
+        if let Some(d) = over.drain {
+            out.drain.timeout = self.duration_or(d.timeout.as_ref(), base.drain.timeout, "drain timeout");
+            out.drain.ignore_daemon_sets = d.ignore_daemon_sets.unwrap_or(base.drain.ignore_daemon_sets);
+            out.drain.delete_empty_dir_data = d.delete_empty_dir_data.unwrap_or(base.drain.delete_empty_dir_data);
+            if let Some(g) = &d.grace_period {
+                out.drain.grace_period = self.duration_zero_ok(g, "grace period");
+            }
+            if let Some(s) = &d.pod_selector {
+                out.drain.pod_selector = self.selector(s, "pod selector");
+            }
+            if let Some(t) = &d.skip_wait_for_delete_timeout {
+                out.drain.skip_wait_for_delete_timeout = self.duration(t, "skip-wait-for-delete timeout");
+            }
+        }
+        if let Some(s) = over.sessions {
+            if let Some(a) = &s.annotation {
+                out.sessions.annotation = a.clone();
+            }
+            out.sessions.timeout = self.duration_or(s.timeout.as_ref(), base.sessions.timeout, "session timeout");
+            out.sessions.on_timeout = s.on_timeout.unwrap_or(base.sessions.on_timeout);
+        }
+        if let Some(u) = over.upgrade {
+            if let Some(cmd) = &u.command {
+                out.upgrade_command = Some(cmd.clone());
+            }
+            out.shell = u.shell.unwrap_or(base.shell);
+            out.upgrade_timeout = self.duration_or(u.timeout.as_ref(), base.upgrade_timeout, "upgrade timeout");
+        }
+        if let Some(v) = over.verify {
+            out.verify.ready_timeout =
+                self.duration_or(v.ready_timeout.as_ref(), base.verify.ready_timeout, "ready timeout");
+            if let Some(k) = &v.kubelet_version {
+                out.verify.kubelet_version = Some(k.clone());
+            }
+            if let Some(o) = &v.os_image {
+                out.verify.os_image = Some(o.clone());
+            }
+            if let Some(cmd) = &v.command {
+                out.verify.command = self.template(cmd, HOOK_PLACEHOLDERS, "verify command");
+            }
+        }
+        if let Some(u) = over.uncordon {
+            out.uncordon = u;
+        }
+        out
+    }
+}
+
+/// One layer of overrides, borrowed from `defaults` or from a batch, so both share one
+/// layering function.
+#[derive(Clone, Copy)]
+pub(super) struct Overrides<'a> {
+    drain: Option<&'a model::DrainSettings>,
+    sessions: Option<&'a model::SessionSettings>,
+    upgrade: Option<&'a model::UpgradeSettings>,
+    verify: Option<&'a model::VerifySettings>,
+    uncordon: Option<UncordonPolicy>,
+}
+
+impl<'a> From<&'a StepSettings> for Overrides<'a> {
+    fn from(s: &'a StepSettings) -> Self {
+        Overrides {
+            drain: s.drain.as_ref(),
+            sessions: s.sessions.as_ref(),
+            upgrade: s.upgrade.as_ref(),
+            verify: s.verify.as_ref(),
+            uncordon: s.uncordon,
+        }
+    }
+}
+
+impl<'a> From<&'a Batch> for Overrides<'a> {
+    fn from(b: &'a Batch) -> Self {
+        Overrides {
+            drain: b.drain.as_ref(),
+            sessions: b.sessions.as_ref(),
+            upgrade: b.upgrade.as_ref(),
+            verify: b.verify.as_ref(),
+            uncordon: b.uncordon,
+        }
+    }
+}
