@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use petgraph::graph::NodeIndex;
 
 use super::PlannerError;
-use super::graph::{Action, Step, StepGraph};
+use super::graph::{Action, RecordChange, Step, StepGraph};
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
 use crate::plan::resolved::{BatchPlan, Members, Plan, etcd_fault_tolerance};
 
@@ -182,6 +182,7 @@ pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned,
                 batch: Some(batch.name.clone()),
                 action,
                 target: None,
+                record: None,
             })
         };
         let start = gate(&mut graph, Action::BatchStart);
@@ -214,6 +215,7 @@ pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned,
                         batch: Some(batch.name.clone()),
                         action,
                         target: (action == Action::DnsRepoint).then(|| repoint_to.clone()).flatten(),
+                        record: record_change(action, single_record),
                     })
                 })
                 .collect();
@@ -343,6 +345,17 @@ fn quorum_budget(plan: &Plan, service_nodes: usize) -> Result<QuorumBudget, Plan
         return Err(PlannerError::NoQuorumBudget { members, service_nodes });
     }
     Ok(QuorumBudget { members, source, limit: limit.max(1) })
+}
+
+/// What a DNS action does to the record under the plan's strategy.
+fn record_change(action: Action, single_record: bool) -> Option<RecordChange> {
+    match action {
+        Action::DnsWithdraw => Some(RecordChange::Withdraw),
+        Action::DnsRepoint => Some(RecordChange::Repoint),
+        Action::DnsRestore if single_record => Some(RecordChange::PointBack),
+        Action::DnsRestore => Some(RecordChange::Rejoin),
+        _ => None,
+    }
 }
 
 /// The chain of one node, from the runbook.

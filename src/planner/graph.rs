@@ -80,6 +80,21 @@ impl Action {
     }
 }
 
+/// How a DNS step changes the ServiceLB record. The planner decides it from the plan's
+/// strategy once; the executor and the preview do what the step says instead of asking the
+/// strategy again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordChange {
+    /// Take the node's address out of the round-robin set.
+    Withdraw,
+    /// Point the single record at the step's `target` while the node is away.
+    Repoint,
+    /// Put the node's address back into the round-robin set.
+    Rejoin,
+    /// Point the single record back at the node.
+    PointBack,
+}
+
 /// One step or gate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Step {
@@ -94,6 +109,9 @@ pub struct Step {
     /// For `dns-repoint`: the service node the record is pointed at meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// For the DNS steps: the change they make (the JSON contract names it by the action).
+    #[serde(skip)]
+    pub record: Option<RecordChange>,
 }
 
 /// A DAG of steps; an edge `a → b` means `b` starts only after `a` finished.

@@ -12,7 +12,7 @@ use petgraph::algo::is_cyclic_directed;
 use petgraph::graph::NodeIndex;
 use petgraph::visit::{Bfs, Walker};
 
-use super::graph::{Action, StepGraph};
+use super::graph::{Action, RecordChange, StepGraph};
 use crate::plan::Plan;
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
 use crate::plan::resolved::Members;
@@ -28,6 +28,22 @@ pub fn violations(plan: &Plan, graph: &StepGraph) -> Vec<String> {
     for (_, step) in graph.steps() {
         if !ids.insert(step.id.as_str()) {
             out.push(format!("id `{}` is used twice", step.id));
+        }
+    }
+    let single_record = plan.load_balancer.dns.as_ref().is_some_and(|d| d.strategy == DnsStrategy::SingleRecord);
+    for (_, step) in graph.steps() {
+        let wanted = match step.action {
+            Action::DnsWithdraw if !single_record => Some(RecordChange::Withdraw),
+            Action::DnsRepoint if single_record => Some(RecordChange::Repoint),
+            Action::DnsRestore if single_record => Some(RecordChange::PointBack),
+            Action::DnsRestore => Some(RecordChange::Rejoin),
+            _ => None,
+        };
+        if step.record != wanted {
+            out.push(format!(
+                "step `{}` changes the record as {:?}, the plan's strategy calls for {wanted:?}",
+                step.id, step.record
+            ));
         }
     }
     let mut by_node: HashMap<&str, HashMap<Action, Vec<NodeIndex>>> = HashMap::new();

@@ -10,7 +10,7 @@ pub mod schedule;
 pub mod survey;
 
 pub use build::{BudgetFacts, Inventory, Planned, PodFacts, build, build_for_cluster, build_with};
-pub use graph::{Action, Step, StepGraph};
+pub use graph::{Action, RecordChange, Step, StepGraph};
 
 /// Why a plan cannot be turned into a graph.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +114,18 @@ mod tests {
     fn the_checker_catches_a_batch_exceeding_max_unavailable() {
         let found = violations_without_edge("external-lb.yaml", "gpu-01/uncordon", "gpu-02/cordon");
         assert!(found.iter().any(|v| v.contains("batch `pool-gpu` can have 2 nodes out of service")), "{found:?}");
+    }
+
+    #[test]
+    fn the_checker_catches_a_restore_that_changes_the_record_the_wrong_way() {
+        let plan = load(&example("servicelb-single-record.yaml"));
+        let mut planned = build(&plan).expect("plans");
+        let g = &mut planned.graph.graph;
+        let restore = g.node_indices().find(|&i| g[i].action == Action::DnsRestore).expect("a dns-restore step");
+        assert_eq!(g[restore].record, Some(RecordChange::PointBack));
+        g[restore].record = Some(RecordChange::Rejoin);
+        let found = invariants::violations(&plan, &planned.graph);
+        assert!(found.iter().any(|v| v.contains("the plan's strategy calls for Some(PointBack)")), "{found:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::build::Planned;
 use super::estimate::{CriticalPath, critical_path};
-use super::graph::Action;
+use super::graph::{Action, RecordChange};
 use crate::plan::Plan;
 use crate::plan::duration::elapsed;
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
@@ -282,14 +282,15 @@ fn dns_changes(plan: &Plan, planned: &Planned) -> String {
             let s = planned.graph.step(i);
             let node = chain.node.as_str();
             let name = &dns.name;
-            match s.action {
-                Action::DnsWithdraw => {
+            let Some(record) = s.record else { continue };
+            match record {
+                RecordChange::Withdraw => {
                     let _ = writeln!(out, "  [{}] update delete {name} {} {}", s.id, kind(node), address(node));
                 }
-                Action::DnsRestore if dns.strategy == DnsStrategy::RoundRobin => {
+                RecordChange::Rejoin => {
                     let _ = writeln!(out, "  [{}] update add {name} {ttl} {} {}", s.id, kind(node), address(node));
                 }
-                Action::DnsRepoint => {
+                RecordChange::Repoint => {
                     let target = s.target.as_deref().unwrap_or("?");
                     let _ = writeln!(
                         out,
@@ -301,7 +302,7 @@ fn dns_changes(plan: &Plan, planned: &Planned) -> String {
                         address(target)
                     );
                 }
-                Action::DnsRestore => {
+                RecordChange::PointBack => {
                     let _ = writeln!(
                         out,
                         "  [{}] update delete {name} {}\n  [{}] update add {name} {ttl} {} {}",
@@ -312,7 +313,6 @@ fn dns_changes(plan: &Plan, planned: &Planned) -> String {
                         address(node)
                     );
                 }
-                _ => {}
             }
         }
     }

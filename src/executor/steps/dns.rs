@@ -14,9 +14,9 @@ use super::{Context, StepError};
 use crate::executor::event::Event;
 use crate::plan::Plan;
 use crate::plan::duration::written;
-use crate::plan::model::{AddressType, DnsStrategy, Role};
+use crate::plan::model::{AddressType, Role};
 use crate::plan::resolved::DnsPlan;
-use crate::planner::{Action, Planned, Step};
+use crate::planner::{Planned, RecordChange, Step};
 use crate::world::dns::{Applied, Change, ChangeKind, DnsError, DnsProvider, RecordSet, show};
 use crate::world::retry::Patience;
 
@@ -96,11 +96,9 @@ pub async fn full_record(
     plan: &Plan,
     planned: &Planned,
 ) -> Result<Vec<IpAddr>, StepError> {
-    match (plan.load_balancer.dns.as_ref().map(|d| d.strategy), &planned.record_target) {
-        (Some(DnsStrategy::SingleRecord), Some((target, _))) => {
-            addresses_of(client, patience, plan, &[target.as_str()]).await
-        }
-        _ => addresses_of(client, patience, plan, &service_nodes(planned)).await,
+    match &planned.record_target {
+        Some((target, _)) => addresses_of(client, patience, plan, &[target.as_str()]).await,
+        None => addresses_of(client, patience, plan, &service_nodes(planned)).await,
     }
 }
 
@@ -121,7 +119,7 @@ pub async fn preflight(
     let Some(dns) = &plan.load_balancer.dns else { return Ok(()) };
     let full = full_record(client, patience, plan, planned).await?;
     let found = with_retries(|| provider.read()).await?.addresses;
-    let (fits, expected) = match (resumed, dns.strategy) {
+    let (fits, expected) = match (resumed, planned.record_target.is_some()) {
         (false, _) => {
             let mut sorted_full = full.clone();
             sorted_full.sort();
@@ -129,10 +127,10 @@ pub async fn preflight(
             sorted_found.sort();
             (sorted_found == sorted_full, show(&full))
         }
-        (true, DnsStrategy::RoundRobin) => {
+        (true, false) => {
             (!found.is_empty() && found.iter().all(|a| full.contains(a)), format!("part of {}", show(&full)))
         }
-        (true, DnsStrategy::SingleRecord) => {
+        (true, true) => {
             let service = addresses_of(client, patience, plan, &service_nodes(planned)).await?;
             (found.len() == 1 && service.contains(&found[0]), format!("one of {}", show(&service)))
         }
@@ -177,15 +175,16 @@ pub(super) async fn act(ctx: &Context, step: &Step, detail: &Value) -> Result<Va
     let node = step.node.as_deref().unwrap_or_default();
     let own = address(&ctx.client, &ctx.patience, &ctx.plan, node).await?;
     let current = with_retries(|| provider.read()).await?;
-    let (kind, address, after): (ChangeKind, IpAddr, Vec<IpAddr>) = match (step.action, dns.strategy) {
-        (Action::DnsWithdraw, _) => {
+    let Some(record) = step.record else { return Ok(Value::Null) };
+    let (kind, address, after): (ChangeKind, IpAddr, Vec<IpAddr>) = match record {
+        RecordChange::Withdraw => {
             let rest: Vec<IpAddr> = current.addresses.iter().copied().filter(|a| *a != own).collect();
             if rest.is_empty() {
                 return Err(DnsError::WouldEmpty { record: dns.name.clone(), address: own }.into());
             }
             (ChangeKind::Withdraw, own, rest)
         }
-        (Action::DnsRepoint, _) => {
+        RecordChange::Repoint => {
             let target = step.target.as_deref().unwrap_or_default();
             let found = ctx.node(target).await?;
             if !super::is_ready(&found) || found.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
@@ -196,15 +195,14 @@ pub(super) async fn act(ctx: &Context, step: &Step, detail: &Value) -> Result<Va
             let target = address_from(dns, target, &found)?;
             (ChangeKind::Repoint, target, vec![target])
         }
-        (Action::DnsRestore, DnsStrategy::RoundRobin) => {
+        RecordChange::Rejoin => {
             let mut all = current.addresses.clone();
             if !all.contains(&own) {
                 all.push(own);
             }
             (ChangeKind::Restore, own, all)
         }
-        (Action::DnsRestore, DnsStrategy::SingleRecord) => (ChangeKind::Restore, own, vec![own]),
-        _ => return Ok(Value::Null),
+        RecordChange::PointBack => (ChangeKind::Restore, own, vec![own]),
     };
     let ttl = dns.ttl.unwrap_or(current.ttl);
     let changed = after != current.addresses;
