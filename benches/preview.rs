@@ -28,7 +28,7 @@ fn once(text: &str) -> Duration {
     let checked = plan::check_str("bench.yaml", text);
     let plan = checked.plan.expect("the generated plan is valid");
     let planned = planner::build(&plan).expect("plans");
-    let json = planner::render::json(&plan, &planned).expect("json");
+    let json = planner::render::json(&plan, &planned, None, None).expect("json");
     let text = planner::render::text(&plan, &planned);
     std::hint::black_box((json.len(), text.len()));
     start.elapsed()

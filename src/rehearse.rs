@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::executor::clock::Clock;
 use crate::executor::event::{Event, Observer};
@@ -91,7 +91,7 @@ pub struct RehearseOptions {
 }
 
 /// What a rehearsal found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Plan name.
@@ -130,8 +130,24 @@ pub struct Report {
     pub journal: String,
 }
 
+/// The last line of `rehearse -o json`, `{"event": "report", "report": {...}}`: the one
+/// shape `rehearse` writes and `preview --rehearsal` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename = "report")]
+pub struct ReportLine {
+    /// The report.
+    pub report: Report,
+}
+
+impl ReportLine {
+    /// The report in `rehearse -o json` output, if it holds one.
+    pub fn find(output: &str) -> Option<Report> {
+        output.lines().find_map(|l| serde_json::from_str::<ReportLine>(l).ok()).map(|line| line.report)
+    }
+}
+
 /// A slow step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SlowStep {
     /// Step id.
     pub step: String,
@@ -140,7 +156,7 @@ pub struct SlowStep {
 }
 
 /// What happened to the DNS record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsSummary {
     /// The record.

@@ -397,20 +397,14 @@ fn rehearsal_makespan(path: &std::path::Path) -> Result<planner::schedule::Makes
         path: path.display().to_string(),
         source,
     })?;
-    let report = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "report")
-        .map(|v| v["report"].clone())
-        .ok_or_else(|| {
-            Error::Refused(format!(
-                "{} has no rehearsal report; write one with `noderoll rehearse PLAN -o json > FILE`",
-                path.display()
-            ))
-        })?;
-    let makespan = std::time::Duration::from_secs_f64(report["simulatedSeconds"].as_f64().unwrap_or(0.0).max(0.0));
-    let counted =
-        report["windowsCounted"].as_bool().unwrap_or(false).then(|| report["windowsNeeded"].as_u64()).flatten();
+    let report = crate::rehearse::ReportLine::find(&text).ok_or_else(|| {
+        Error::Refused(format!(
+            "{} has no rehearsal report; write one with `noderoll rehearse PLAN -o json > FILE`",
+            path.display()
+        ))
+    })?;
+    let makespan = std::time::Duration::from_secs_f64(report.simulated_seconds.max(0.0));
+    let counted = report.windows_counted.then_some(report.windows_needed).flatten();
     Ok(planner::schedule::Makespan::Rehearsal { makespan, counted })
 }
 
@@ -447,17 +441,7 @@ fn preview(
             }
             text
         }
-        PreviewFormat::Json if survey.is_none() && schedule.is_none() => planner::render::json(&plan, &planned)? + "\n",
-        PreviewFormat::Json => {
-            let mut value: serde_json::Value = serde_json::from_str(&planner::render::json(&plan, &planned)?)?;
-            if let Some(survey) = &survey {
-                value["survey"] = serde_json::to_value(survey)?;
-            }
-            if let Some(schedule) = &schedule {
-                value["windows"] = serde_json::to_value(schedule)?;
-            }
-            serde_json::to_string_pretty(&value)? + "\n"
-        }
+        PreviewFormat::Json => planner::render::json(&plan, &planned, survey.as_ref(), schedule.as_ref())? + "\n",
         PreviewFormat::Dot => planner::render::dot(&plan, &planned),
         PreviewFormat::Mermaid => planner::render::mermaid(&planned),
     };

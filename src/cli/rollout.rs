@@ -15,10 +15,12 @@ use crate::executor::clock::Clock;
 use crate::executor::event::{Fanout, Observer};
 use crate::executor::journal::{self, Record};
 use crate::executor::journal_store::{self, Location};
+use crate::executor::node_state::{self, NodeState};
 use crate::executor::steps::HookSettings;
 use crate::executor::{self, Options, Rollout, WindowMode};
 use crate::exit_code;
 use crate::plan::{self, Plan};
+use crate::planner::StepRef;
 use crate::rehearse::{self, RehearseOptions, Report};
 use crate::world::retry::Patience;
 
@@ -373,13 +375,12 @@ pub(super) fn rehearse(args: RehearseArgs) -> Result<i32> {
     init_tracing(&options.workdir.join("noderoll.log"))?;
     let report =
         runtime()?.block_on(rehearse::rehearse(plan, &text, &options, observer(args.output), interrupted()))?;
+    let code = report.outcome.exit_code();
     match args.output {
-        OutputFormat::Json => {
-            println!("{}", serde_json::to_string(&serde_json::json!({"event": "report", "report": report}))?)
-        }
+        OutputFormat::Json => println!("{}", serde_json::to_string(&rehearse::ReportLine { report })?),
         OutputFormat::Text => print!("{}", render_report(&report, args.keep.is_some())),
     }
-    Ok(report.outcome.exit_code())
+    Ok(code)
 }
 
 fn render_report(report: &Report, kept: bool) -> String {
@@ -471,30 +472,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
             "no rollout has started: the journal {location} does not exist or is empty"
         )));
     }
-    let mut nodes = Vec::new();
-    for batch in &replay.batches {
-        for node in &batch.nodes {
-            let prefix = format!("{node}/");
-            let failed = replay.failed.iter().find(|(s, _)| s.starts_with(&prefix));
-            let in_flight = replay.in_flight.keys().find(|s| s.starts_with(&prefix));
-            let finished: Vec<&String> = replay.finished.keys().filter(|s| s.starts_with(&prefix)).collect();
-            let cordoned = replay.finished.contains_key(&format!("{node}/cordon"))
-                && !replay.finished.contains_key(&format!("{node}/uncordon"));
-            let (state, detail) = if let Some((step, error)) = failed {
-                ("failed", format!("{step}: {error}"))
-            } else if let Some(step) = in_flight {
-                ("in-progress", step.clone())
-            } else if finished.iter().any(|s| s.ends_with("/uncordon")) && !cordoned {
-                let total_done = finished.len();
-                ("done", format!("{total_done} step(s)"))
-            } else if finished.is_empty() {
-                ("pending", String::new())
-            } else {
-                ("in-progress", format!("after {}", finished.iter().max_by_key(|s| s.len()).map_or("", |s| s.as_str())))
-            };
-            nodes.push(serde_json::json!({"node": node, "batch": batch.name, "state": state, "detail": detail, "cordoned": cordoned}));
-        }
-    }
+    let nodes = node_state::from_replay(&replay);
     let last = match replay.records.last() {
         Some(Record::Finished { .. }) => "finished",
         Some(Record::Halted { .. }) => "halted",
@@ -502,12 +480,12 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
         Some(Record::Paused { .. }) => "paused until the next window",
         _ => "running or killed",
     };
-    let count = |state: &str| nodes.iter().filter(|n| n["state"] == state).count();
+    let count = |state: NodeState| nodes.iter().filter(|n| n.state == state).count();
     let summary = serde_json::json!({
         "plan": replay.plan_name, "journal": location.to_string(), "last": last,
-        "nodes": nodes.len(), "done": count("done"), "inProgress": count("in-progress"),
-        "failed": count("failed"), "pending": count("pending"),
-        "cordoned": nodes.iter().filter(|n| n["cordoned"] == true).map(|n| n["node"].clone()).collect::<Vec<_>>(),
+        "nodes": nodes.len(), "done": count(NodeState::Done), "inProgress": count(NodeState::InProgress),
+        "failed": count(NodeState::Failed), "pending": count(NodeState::Pending),
+        "cordoned": nodes.iter().filter(|n| n.cordoned).map(|n| n.node.as_str()).collect::<Vec<_>>(),
     });
     match args.output {
         OutputFormat::Json => {
@@ -524,14 +502,8 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
                 summary["pending"]
             );
             for n in &nodes {
-                let cordoned = if n["cordoned"] == true { " (cordoned)" } else { "" };
-                println!(
-                    "  {:<16} {:<12} {:<12}{cordoned} {}",
-                    n["node"].as_str().unwrap_or_default(),
-                    n["batch"].as_str().unwrap_or_default(),
-                    n["state"].as_str().unwrap_or_default(),
-                    n["detail"].as_str().unwrap_or_default()
-                );
+                let cordoned = if n.cordoned { " (cordoned)" } else { "" };
+                println!("  {:<16} {:<12} {:<12}{cordoned} {}", n.node, n.batch, n.state.name(), n.detail);
             }
         }
     }
@@ -543,14 +515,14 @@ pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
     let replay = read_journal(&location, args.kubeconfig.as_deref())?;
     let known: Vec<&String> = replay.batches.iter().flat_map(|b| &b.nodes).collect();
     for key in &args.nodes {
-        let (node, dns_step) = match key.split_once('/') {
-            Some((node, action)) if ["dns-withdraw", "dns-repoint", "dns-restore"].contains(&action) => (node, true),
-            Some(_) => {
+        let (node, dns_step) = match StepRef::parse(key) {
+            Some(StepRef::Node { node, action }) if action.is_dns() => (node, true),
+            _ if key.contains('/') => {
                 return Err(Error::Refused(format!(
                     "`{key}` is neither a node nor a DNS step; approve a node (`cp1`) or a manual DNS change (`cp1/dns-withdraw`)"
                 )));
             }
-            None => (key.as_str(), false),
+            _ => (key.as_str(), false),
         };
         if !known.is_empty() && !known.iter().any(|k| *k == node) {
             return Err(Error::Refused(format!("node `{node}` is not part of the rollout in {location}")));

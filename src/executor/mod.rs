@@ -21,6 +21,7 @@ pub mod event;
 pub mod journal;
 pub mod journal_store;
 pub mod lock;
+pub mod node_state;
 mod run;
 pub mod steps;
 
@@ -157,7 +158,7 @@ impl Outcome {
 }
 
 /// How a run ended: an [`Outcome`] without its details, as reports print it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Ending {
     /// Every step is done.

@@ -18,13 +18,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::executor::event::{Event, Observer};
+use crate::executor::node_state::NodeState;
 
 type Labels = Vec<(String, String)>;
 
-/// Node states a rollout reports.
-const NODE_STATES: [&str; 4] = ["pending", "in_progress", "done", "failed"];
-/// Rollout states; exactly one is 1.
-const ROLLOUT_STATES: [&str; 6] = ["running", "waiting_for_window", "paused", "halted", "interrupted", "finished"];
+/// Rollout states; exactly one is 1. Spelled as the node states are (`NodeState::name`).
+const ROLLOUT_STATES: [&str; 6] = ["running", "waiting-for-window", "paused", "halted", "interrupted", "finished"];
 
 /// The rollout's metrics, fed by its events.
 pub struct Metrics {
@@ -109,9 +108,14 @@ impl Metrics {
     fn publish_nodes(&self, t: &Tracked) {
         let done = t.done_before + t.done.len();
         let pending = t.total.saturating_sub(done + t.in_progress.len() + t.failed.len());
-        let counts = [pending, t.in_progress.len(), done, t.failed.len()];
-        for (s, n) in NODE_STATES.iter().zip(counts) {
-            self.nodes.get_or_create(&label("state", s)).set(i64::try_from(n).unwrap_or(i64::MAX));
+        for state in NodeState::ALL {
+            let n = match state {
+                NodeState::Pending => pending,
+                NodeState::InProgress => t.in_progress.len(),
+                NodeState::Done => done,
+                NodeState::Failed => t.failed.len(),
+            };
+            self.nodes.get_or_create(&label("state", state.name())).set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }
@@ -165,7 +169,7 @@ impl Observer for Metrics {
                     .get_or_create(&vec![("step".into(), step.clone()), ("error".into(), error.clone())])
                     .set(1);
             }
-            Event::WaitingForWindow { .. } => self.set_state("waiting_for_window"),
+            Event::WaitingForWindow { .. } => self.set_state("waiting-for-window"),
             Event::Paused { .. } => self.set_state("paused"),
             Event::Halted { .. } => self.set_state("halted"),
             Event::Interrupted { .. } => self.set_state("interrupted"),
@@ -221,7 +225,10 @@ mod tests {
     use crate::planner::Action;
 
     fn states(m: &Metrics) -> BTreeMap<String, i64> {
-        NODE_STATES.iter().map(|s| ((*s).to_owned(), m.nodes.get_or_create(&label("state", s)).get())).collect()
+        NodeState::ALL
+            .iter()
+            .map(|s| (s.name().to_owned(), m.nodes.get_or_create(&label("state", s.name())).get()))
+            .collect()
     }
 
     fn started(m: &Metrics) {
@@ -254,7 +261,7 @@ mod tests {
         m.event(&Event::NodeDone { node: "a".into(), batch: "b".into() });
         m.event(&Event::StepFailed { step: "b/drain".into(), node: Some("b".into()), error: "PDB".into() });
         let expect = |p, i, d, f| {
-            BTreeMap::from([("pending".into(), p), ("in_progress".into(), i), ("done".into(), d), ("failed".into(), f)])
+            BTreeMap::from([("pending".into(), p), ("in-progress".into(), i), ("done".into(), d), ("failed".into(), f)])
         };
         assert_eq!(states(&m), expect(1, 0, 1, 1));
         m.event(&Event::Halted { failed: vec![], cordoned: vec!["b".into()], next: String::new() });

@@ -49,6 +49,34 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in chain order (gates last).
+    pub const ALL: [Action; 19] = [
+        Action::DnsWithdraw,
+        Action::DnsRepoint,
+        Action::DnsRestore,
+        Action::Cordon,
+        Action::WaitSessions,
+        Action::Drain,
+        Action::BgpWithdraw,
+        Action::BgpRestore,
+        Action::WaitL2Release,
+        Action::Upgrade,
+        Action::WaitReady,
+        Action::Verify,
+        Action::Approve,
+        Action::Uncordon,
+        Action::Window,
+        Action::Quorum,
+        Action::Health,
+        Action::BatchStart,
+        Action::BatchDone,
+    ];
+
+    /// The action a name in an id or a command line stands for.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// The name used in ids, JSON and renderings.
     pub fn name(self) -> &'static str {
         match self {
@@ -74,9 +102,65 @@ impl Action {
         }
     }
 
+    /// The steps that change the ServiceLB record (and wait for an operator with the manual
+    /// provider).
+    pub fn is_dns(self) -> bool {
+        matches!(self, Action::DnsWithdraw | Action::DnsRepoint | Action::DnsRestore)
+    }
+
     /// Gates belong to a batch, not to a node.
     pub fn is_gate(self) -> bool {
         matches!(self, Action::Window | Action::Quorum | Action::Health | Action::BatchStart | Action::BatchDone)
+    }
+}
+
+/// A step id read back (from a journal, a command line): whose step it is and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepRef<'a> {
+    /// `NODE/ACTION`.
+    Node {
+        /// The node.
+        node: &'a str,
+        /// The action.
+        action: Action,
+    },
+    /// `batch/BATCH/ACTION`.
+    Gate {
+        /// The batch.
+        batch: &'a str,
+        /// The gate.
+        action: Action,
+    },
+}
+
+impl<'a> StepRef<'a> {
+    /// Reads an id as the planner writes them; `None` for anything else. Node names are DNS
+    /// names and cannot hold `/`, so `batch/...` is never a node's step.
+    pub fn parse(id: &'a str) -> Option<StepRef<'a>> {
+        let (owner, name) = id.rsplit_once('/')?;
+        let action = Action::from_name(name)?;
+        match owner.strip_prefix("batch/") {
+            Some(batch) if action.is_gate() => Some(StepRef::Gate { batch, action }),
+            None if !action.is_gate() && !owner.is_empty() && !owner.contains('/') => {
+                Some(StepRef::Node { node: owner, action })
+            }
+            _ => None,
+        }
+    }
+
+    /// The node, for a node's step.
+    pub fn node(self) -> Option<&'a str> {
+        match self {
+            StepRef::Node { node, .. } => Some(node),
+            StepRef::Gate { .. } => None,
+        }
+    }
+
+    /// The action.
+    pub fn action(self) -> Action {
+        match self {
+            StepRef::Node { action, .. } | StepRef::Gate { action, .. } => action,
+        }
     }
 }
 
@@ -168,5 +252,30 @@ impl StepGraph {
 
     pub(crate) fn depend(&mut self, before: NodeIndex, after: NodeIndex) {
         self.graph.update_edge(before, after, ());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_name_reads_back() {
+        for action in Action::ALL {
+            assert_eq!(Action::from_name(action.name()), Some(action));
+        }
+        assert_eq!(Action::from_name("reboot"), None);
+    }
+
+    #[test]
+    fn step_ids_parse_as_the_planner_writes_them() {
+        assert_eq!(StepRef::parse("ws01/uncordon"), Some(StepRef::Node { node: "ws01", action: Action::Uncordon }));
+        assert_eq!(
+            StepRef::parse("batch/pool-a/batch-done"),
+            Some(StepRef::Gate { batch: "pool-a", action: Action::BatchDone })
+        );
+        for bad in ["ws01", "ws01/reboot", "ws01/batch-done", "batch/pool-a/drain", "/drain", "a/b/drain"] {
+            assert_eq!(StepRef::parse(bad), None, "{bad}");
+        }
     }
 }

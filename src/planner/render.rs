@@ -9,18 +9,27 @@ use serde::Serialize;
 use super::build::Planned;
 use super::estimate::{CriticalPath, critical_path};
 use super::graph::{Action, RecordChange};
+use super::schedule::Schedule;
+use super::survey::Survey;
 use crate::plan::Plan;
 use crate::plan::duration::elapsed;
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
 use crate::plan::resolved::DnsProviderPlan;
 
-/// The JSON contract: `{"plan", "steps": [{"id", "node", "batch", "action", "after"}]}`.
+/// The JSON contract: `{"plan", "steps": [{"id", "node", "batch", "action", "after"}],
+/// "survey"?, "windows"?}`.
 #[derive(Debug, Serialize)]
 pub struct JsonPreview<'a> {
     /// The plan's name.
     pub plan: &'a str,
     /// Every step and gate.
     pub steps: Vec<JsonStep<'a>>,
+    /// What the rollout meets in the cluster, when previewed against one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survey: Option<&'a Survey>,
+    /// The next maintenance windows and how many the rollout needs, for a plan with a window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<&'a Schedule>,
 }
 
 /// One step in the JSON contract.
@@ -41,8 +50,13 @@ pub struct JsonStep<'a> {
     pub target: Option<&'a str>,
 }
 
-/// The JSON preview.
-pub fn json(plan: &Plan, planned: &Planned) -> Result<String, serde_json::Error> {
+/// The JSON preview, with the survey and the windows when there are any.
+pub fn json(
+    plan: &Plan,
+    planned: &Planned,
+    survey: Option<&Survey>,
+    windows: Option<&Schedule>,
+) -> Result<String, serde_json::Error> {
     let g = &planned.graph;
     let steps = g
         .steps()
@@ -55,7 +69,7 @@ pub fn json(plan: &Plan, planned: &Planned) -> Result<String, serde_json::Error>
             target: s.target.as_deref(),
         })
         .collect();
-    serde_json::to_string_pretty(&JsonPreview { plan: &plan.name, steps })
+    serde_json::to_string_pretty(&JsonPreview { plan: &plan.name, steps, survey, windows })
 }
 
 /// Graphviz DOT: one cluster per batch, one box per step.

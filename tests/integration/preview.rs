@@ -40,7 +40,13 @@ fn windows_are_listed_and_counted_from_a_rehearsals_figures() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let report = dir.path().join("rehearsal.jsonl");
-    let line = serde_json::json!({"event": "report", "report": {"simulatedSeconds": 100000.0, "windowsCounted": true, "windowsNeeded": 7}});
+    // The whole report, as `rehearse -o json` writes it: preview reads it as that type.
+    let line = serde_json::json!({"event": "report", "report": {
+        "plan": "large-facility", "outcome": "finished", "nodes": 323, "realSeconds": 159.0,
+        "simulatedSeconds": 100000.0, "criticalPathSeconds": 90000.0, "windowsNeeded": 7,
+        "windowsCounted": true, "endsAt": null, "slowestSteps": [{"step": "ws001/wait-sessions", "seconds": 3600.0}],
+        "blockers": [], "reboots": {}, "dns": null, "approvals": 0, "journal": "j.jsonl",
+    }});
     std::fs::write(&report, format!("{{\"event\":\"started\"}}\n{line}\n")).expect("write");
     let out = noderoll()
         .args(["preview", "plans/large-facility.yaml", "--from", "2026-11-25T12:00:00Z", "--rehearsal"])

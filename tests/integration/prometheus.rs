@@ -117,7 +117,7 @@ fn prometheus_scrapes_the_rollouts_metrics() {
     assert!(lines.by_ref().any(|l| l.contains("\"awaiting-approval\"")), "the run reaches cp1's approval");
 
     prometheus.wait_for("up{job=\"noderoll\"}", 1.0);
-    prometheus.wait_for("noderoll_nodes{state=\"in_progress\"}", 1.0);
+    prometheus.wait_for("noderoll_nodes{state=\"in-progress\"}", 1.0);
     assert_eq!(prometheus.query("noderoll_nodes{state=\"pending\"}"), Some(8.0));
     assert_eq!(prometheus.query("noderoll_nodes{state=\"done\"}"), Some(0.0));
     assert_eq!(prometheus.query("noderoll_rollout_state{state=\"running\"}"), Some(1.0));

@@ -1,0 +1,151 @@
+//! Where each node of a rollout stands, as one vocabulary: `status` computes it from the
+//! journal's replay, the metrics endpoint counts it from live events, and both spell the
+//! states the same way.
+
+use serde::Serialize;
+
+use super::journal::{Record, Replay};
+use crate::planner::{Action, StepRef};
+
+/// A node's place in the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// No step of it has run.
+    Pending,
+    /// Some steps ran; it is not back in service yet.
+    InProgress,
+    /// Uncordoned after its upgrade.
+    Done,
+    /// A step failed; the node stays where it is.
+    Failed,
+}
+
+impl NodeState {
+    /// Every state, in rollout order.
+    pub const ALL: [NodeState; 4] = [NodeState::Pending, NodeState::InProgress, NodeState::Done, NodeState::Failed];
+
+    /// The name in `status` and in the `state` label of `noderoll_nodes`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Pending => "pending",
+            NodeState::InProgress => "in-progress",
+            NodeState::Done => "done",
+            NodeState::Failed => "failed",
+        }
+    }
+}
+
+/// One node as the journal tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeProgress {
+    /// The node.
+    pub node: String,
+    /// Its batch.
+    pub batch: String,
+    /// Where it stands.
+    pub state: NodeState,
+    /// The failed step and its error, the running step, or the last finished step.
+    pub detail: String,
+    /// Cordoned by this rollout and not uncordoned yet.
+    pub cordoned: bool,
+}
+
+/// Every node the journal's last run resolved, in batch order.
+pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
+    let of = |id: &str, node: &str| StepRef::parse(id).and_then(StepRef::node) == Some(node);
+    let has_finished = |node: &str, action: Action| {
+        replay.finished.keys().any(|id| StepRef::parse(id) == Some(StepRef::Node { node, action }))
+    };
+    let mut out = Vec::new();
+    for batch in &replay.batches {
+        for node in &batch.nodes {
+            let uncordoned = has_finished(node, Action::Uncordon);
+            let cordoned = has_finished(node, Action::Cordon) && !uncordoned;
+            let failed = replay.failed.iter().find(|(id, _)| of(id, node));
+            let running = replay.in_flight.keys().find(|id| of(id, node));
+            let last_finished = replay.records.iter().rev().find_map(|r| match r {
+                Record::StepFinished { step, .. } if of(step, node) => Some(step),
+                _ => None,
+            });
+            let (state, detail) = match (failed, running, last_finished) {
+                (Some((step, error)), _, _) => (NodeState::Failed, format!("{step}: {error}")),
+                (None, Some(step), _) => (NodeState::InProgress, step.clone()),
+                (None, None, Some(_)) if uncordoned => {
+                    let steps = replay.finished.keys().filter(|id| of(id, node)).count();
+                    (NodeState::Done, format!("{steps} step(s)"))
+                }
+                (None, None, Some(step)) => (NodeState::InProgress, format!("after {step}")),
+                (None, None, None) => (NodeState::Pending, String::new()),
+            };
+            out.push(NodeProgress { node: node.clone(), batch: batch.name.clone(), state, detail, cordoned });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::journal::{self, BatchNodes};
+
+    fn replay(records: &[Record]) -> Replay {
+        let mut text = String::new();
+        let begin = Record::Begin {
+            at: "t".into(),
+            plan: "p".into(),
+            plan_hash: "h".into(),
+            plan_text: String::new(),
+            holder: "me".into(),
+            batches: vec![BatchNodes { name: "b".into(), nodes: vec!["a".into(), "b".into(), "c".into(), "d".into()] }],
+        };
+        for r in std::iter::once(&begin).chain(records) {
+            text.push_str(&serde_json::to_string(r).expect("record"));
+            text.push('\n');
+        }
+        journal::parse(std::path::Path::new("j"), text.as_bytes()).expect("parses")
+    }
+
+    fn finished(step: &str) -> Record {
+        Record::StepFinished { at: "t".into(), step: step.into(), detail: serde_json::Value::Null }
+    }
+
+    #[test]
+    fn states_come_from_the_journal() {
+        let r = replay(&[
+            finished("a/cordon"),
+            finished("a/drain"),
+            finished("a/uncordon"),
+            finished("b/cordon"),
+            finished("b/drain"),
+            Record::StepStarted { at: "t".into(), step: "b/upgrade".into(), detail: serde_json::Value::Null },
+            finished("c/cordon"),
+            Record::StepFailed { at: "t".into(), step: "c/drain".into(), error: "budget".into() },
+        ]);
+        let got: Vec<(NodeState, String, bool)> =
+            from_replay(&r).into_iter().map(|n| (n.state, n.detail, n.cordoned)).collect();
+        let want = [
+            (NodeState::Done, "3 step(s)", false),
+            (NodeState::InProgress, "b/upgrade", true),
+            (NodeState::Failed, "c/drain: budget", true),
+            (NodeState::Pending, "", false),
+        ];
+        assert_eq!(got, want.map(|(s, d, c)| (s, d.to_owned(), c)));
+    }
+
+    #[test]
+    fn a_node_between_steps_names_its_last_finished_step() {
+        let r = replay(&[finished("b/cordon"), finished("b/wait-sessions")]);
+        let b = &from_replay(&r)[1];
+        assert_eq!((b.state, b.detail.as_str()), (NodeState::InProgress, "after b/wait-sessions"));
+    }
+
+    #[test]
+    fn a_node_named_like_another_node_s_prefix_is_not_confused_with_it() {
+        let mut r = replay(&[finished("ab/cordon")]);
+        r.batches[0].nodes.push("ab".into());
+        let states: Vec<NodeState> = from_replay(&r).iter().map(|n| n.state).collect();
+        assert_eq!(states[0], NodeState::Pending);
+        assert_eq!(states[4], NodeState::InProgress);
+    }
+}
