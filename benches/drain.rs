@@ -8,20 +8,13 @@
 //! `cargo bench --bench drain` (needs kubectl on PATH and the control plane built, as
 //! `scripts/test` ensures); `-- --cluster sim` or `-- --cluster real` runs one of the two.
 
-#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
-#[path = "../tests/integration/control_plane.rs"]
-mod control_plane;
-#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
-#[path = "../tests/integration/harness.rs"]
-mod harness;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_plane::{ControlPlane, Studio};
-use harness::{Cluster, SimProcess};
 use serde_json::Value;
+use test_support::control_plane::{self, ControlPlane, Studio};
+use test_support::harness::{Cluster, SimProcess};
 
 const NEW_VERSION: &str = "v1.31.4+k3s1";
 /// Simulated (and, at time scale 1, real) time from scheduling to Ready.

@@ -29,19 +29,6 @@
 //! --minutes 120` (a 30-node plan) and `... -- --suite random --runs 1000 --workstations 12
 //! --minutes 600`; `--seed N` replays a suite. All traffic stays on loopback.
 
-#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
-#[path = "integration/control_plane.rs"]
-mod control_plane;
-#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
-#[path = "integration/etcd.rs"]
-mod etcd;
-#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
-#[path = "integration/harness.rs"]
-mod harness;
-#[allow(dead_code, reason = "shared with the integration tests, which use all of it")]
-#[path = "integration/knot.rs"]
-mod knot;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Child;
@@ -51,10 +38,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use control_plane::{ControlPlane, Studio};
-use etcd::EtcdCluster;
-use harness::{Cluster, Random, SimCtl, SimProcess, kill_when};
-use knot::{KEY, Knot, PlanExtra, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch};
+use test_support::control_plane::{self, ControlPlane, Studio};
+use test_support::etcd::EtcdCluster;
+use test_support::harness::{self, Cluster, Random, SimCtl, SimProcess, kill_when};
+use test_support::knot::{
+    KEY, Knot, PlanExtra, SERVICE_ADDRESSES, rfc2136, roll_and_watch, servicelb_plan, start_apply, watch,
+};
 
 /// Which suite runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -1,13 +1,11 @@
 //! Behaviour through the real `noderoll` binary.
 
+use test_support::{control_plane, etcd, harness, knot};
+
 mod check;
-mod control_plane;
 mod distribution;
 mod dns;
-mod etcd;
-mod harness;
 mod incluster;
-mod knot;
 mod manifests;
 mod notify;
 mod preview;

@@ -21,18 +21,18 @@ struct Member {
 }
 
 /// The files of a TLS cluster, named as k3s keeps them in `server/tls/etcd/`.
-pub(crate) struct EtcdTls {
+pub struct EtcdTls {
     /// `server-ca.crt`: signed the members' and the client's certificates.
-    pub(crate) ca: PathBuf,
+    pub ca: PathBuf,
     /// `client.crt` / `client.key`: what noderoll presents.
-    pub(crate) cert: PathBuf,
-    pub(crate) key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
 }
 
 /// A new self-signed certificate authority.
-pub(crate) fn certificate_authority() -> CertifiedIssuer<'static, KeyPair> {
+pub fn certificate_authority() -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA certificate")
@@ -40,12 +40,7 @@ pub(crate) fn certificate_authority() -> CertifiedIssuer<'static, KeyPair> {
 
 /// A key and a certificate for `names` signed by `ca`, written as `STEM.crt` and `STEM.key`
 /// in `dir`; their paths.
-pub(crate) fn write_certificate(
-    dir: &Path,
-    stem: &str,
-    names: &[&str],
-    ca: &Issuer<'_, KeyPair>,
-) -> (PathBuf, PathBuf) {
+pub fn write_certificate(dir: &Path, stem: &str, names: &[&str], ca: &Issuer<'_, KeyPair>) -> (PathBuf, PathBuf) {
     let key = KeyPair::generate().expect("key");
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let cert = CertificateParams::new(names).expect("parameters").signed_by(&key, ca).expect("signed");
@@ -68,7 +63,7 @@ impl EtcdTls {
 }
 
 /// Three etcd members in a temp dir; dropping it kills them all.
-pub(crate) struct EtcdCluster {
+pub struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     running: Vec<Option<Child>>,
@@ -77,13 +72,13 @@ pub(crate) struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts the members on free ports, serving clients over plain HTTP.
-    pub(crate) fn start() -> EtcdCluster {
+    pub fn start() -> EtcdCluster {
         EtcdCluster::start_with(false)
     }
 
     /// Starts the members serving clients over TLS, requiring a client certificate signed
     /// by the cluster's CA (see `tls`).
-    pub(crate) fn start_tls() -> EtcdCluster {
+    pub fn start_tls() -> EtcdCluster {
         EtcdCluster::start_with(true)
     }
 
@@ -114,7 +109,7 @@ impl EtcdCluster {
     }
 
     /// The certificates, for a cluster started with `start_tls`.
-    pub(crate) fn tls(&self) -> Option<&EtcdTls> {
+    pub fn tls(&self) -> Option<&EtcdTls> {
         self.tls.as_ref()
     }
 
@@ -193,21 +188,21 @@ impl EtcdCluster {
 
     /// One HTTP/1.0 request to member `i`'s client port (plain-HTTP clusters); the whole
     /// answer.
-    pub(crate) fn http(&self, i: usize, method: &str, path: &str, body: &str) -> String {
+    pub fn http(&self, i: usize, method: &str, path: &str, body: &str) -> String {
         let url = format!("127.0.0.1:{}", self.members[i].client);
         let request =
             format!("{method} {path} HTTP/1.0\r\nHost: {url}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         http_exchange(&url, &request, Duration::from_secs(1))
     }
 
-    pub(crate) fn healthy(&self, i: usize) -> bool {
+    pub fn healthy(&self, i: usize) -> bool {
         let url = format!("127.0.0.1:{}", self.members[i].health);
         let request = format!("GET /health HTTP/1.0\r\nHost: {url}\r\n\r\n");
         http_exchange(&url, &request, Duration::from_secs(1)).contains("\"health\":\"true\"")
     }
 
     /// The client URLs, quoted and comma-separated for a plan's `endpoints: [...]`.
-    pub(crate) fn endpoints(&self) -> String {
+    pub fn endpoints(&self) -> String {
         self.members
             .iter()
             .map(|m| format!("\"{}://127.0.0.1:{}\"", self.scheme(), m.client))
@@ -215,7 +210,7 @@ impl EtcdCluster {
             .join(", ")
     }
 
-    pub(crate) fn kill(&mut self, i: usize) {
+    pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.running[i].take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -225,7 +220,7 @@ impl EtcdCluster {
     /// Starts member `i` again on its own ports (its peers know them). Another process's
     /// socket may hold one of them for a moment, and the member then exits: it tries again
     /// for up to 10 s.
-    pub(crate) fn restart(&mut self, i: usize) {
+    pub fn restart(&mut self, i: usize) {
         for _ in 0..20 {
             self.kill(i);
             self.running[i] = Some(self.spawn(i));

