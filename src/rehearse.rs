@@ -361,7 +361,7 @@ async fn run(
     let name = plan.name.clone();
     let started = tokio::time::Instant::now();
     let provider = dns.clone().map(|d| d as Arc<dyn DnsProvider>);
-    let graph = planned.graph.clone();
+    let planned = Arc::clone(&rollout.planned);
     let nodes = planned.chains.len();
     let outcome = executor::apply(client.clone(), rollout, &run_options, provider, recorder.clone(), interrupt).await?;
     let real_seconds = started.elapsed().as_secs_f64();
@@ -375,7 +375,8 @@ async fn run(
         .map(|(step, seconds)| SlowStep { step: step.clone(), seconds: seconds / options.time_scale })
         .collect();
     let measured: BTreeMap<&str, f64> = recorded.durations.iter().map(|(step, s)| (step.as_str(), *s)).collect();
-    let critical_path_seconds = crate::planner::estimate::longest_path(&graph, |i| {
+    let graph = &planned.graph;
+    let critical_path_seconds = crate::planner::estimate::longest_path(graph, |i| {
         Duration::from_secs_f64(measured.get(graph.step(i).id.as_str()).copied().unwrap_or(0.0))
     })
     .duration

@@ -514,12 +514,48 @@ fn use_color(choice: ColorChoice) -> bool {
 
 /// Wraps an error so miette prints its whole `source()` chain.
 fn e_with_chain(e: &Error) -> miette::MietteDiagnostic {
+    miette::MietteDiagnostic::new(with_causes(e))
+}
+
+/// An error's message followed by each cause's, skipping a cause the message already ends
+/// with: many errors name their source in their own message (the journal and the step
+/// errors record that message), and it should be read once.
+fn with_causes(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = cause.source();
     }
-    miette::MietteDiagnostic::new(message)
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot write the journal j.jsonl: {source}")]
+    struct Names {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("apply failed")]
+    struct Silent {
+        #[source]
+        inner: Names,
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = || std::io::Error::other("disk full");
+        assert_eq!(super::with_causes(&Names { source: io() }), "cannot write the journal j.jsonl: disk full");
+        assert_eq!(
+            super::with_causes(&Silent { inner: Names { source: io() } }),
+            "apply failed: cannot write the journal j.jsonl: disk full"
+        );
+    }
 }

@@ -102,8 +102,9 @@ pub struct Rollout {
     pub plan: Plan,
     /// Its text, which the journal keeps to tell a changed plan.
     pub text: String,
-    /// The step graph for this cluster.
-    pub planned: Planned,
+    /// The step graph for this cluster, shared so that a caller (a rehearsal's report) can
+    /// keep reading it after handing the rollout to [`apply`].
+    pub planned: Arc<Planned>,
 }
 
 impl Rollout {
@@ -117,7 +118,7 @@ impl Rollout {
     ) -> Result<Rollout, ExecError> {
         let inventory = inventory::from_cluster(client, patience, Scope::Nodes).await?;
         let planned = planner::build_for_cluster(&plan, &inventory)?;
-        Ok(Rollout { plan, text: text.to_owned(), planned })
+        Ok(Rollout { plan, text: text.to_owned(), planned: Arc::new(planned) })
     }
 }
 
