@@ -145,8 +145,9 @@ impl<'p> Dispatch<'p> {
             .collect()
     }
 
-    /// Nodes whose cordon step began and whose uncordon step has not finished.
-    pub(super) fn cordoned(&self) -> Vec<String> {
+    /// Nodes whose cordon step began and whose uncordon step has not finished, but for
+    /// those `cordoned_before` the rollout: the nodes this rollout left cordoned.
+    pub(super) fn cordoned(&self, cordoned_before: impl Fn(&str) -> bool) -> Vec<String> {
         let graph = &self.planned.graph;
         self.planned
             .chains
@@ -155,7 +156,7 @@ impl<'p> Dispatch<'p> {
                 let with = |action: Action, state: &[bool]| {
                     c.steps.iter().any(|&s| graph.step(s).action == action && state[s.index()])
                 };
-                with(Action::Cordon, &self.launched) && !with(Action::Uncordon, &self.done)
+                with(Action::Cordon, &self.launched) && !with(Action::Uncordon, &self.done) && !cordoned_before(&c.node)
             })
             .map(|c| c.node.clone())
             .collect()
@@ -215,7 +216,7 @@ mod tests {
         let order = drain_all(&mut dispatch, None, &planned.graph);
         assert_eq!(order.len(), planned.graph.len());
         assert!(dispatch.finished());
-        assert!(dispatch.cordoned().is_empty());
+        assert!(dispatch.cordoned(|_| false).is_empty());
         assert_eq!(dispatch.nodes_left(), 0);
     }
 
@@ -228,7 +229,7 @@ mod tests {
         let order = drain_all(&mut dispatch, Some(&format!("{first}/drain")), &planned.graph);
         assert!(dispatch.halting());
         assert!(!order.iter().any(|s| s.starts_with(&format!("{late}/"))), "{late} must not start: {order:?}");
-        assert_eq!(dispatch.cordoned(), vec![first]);
+        assert_eq!(dispatch.cordoned(|_| false), vec![first]);
         assert!(dispatch.nodes_left() > 1);
     }
 

@@ -47,7 +47,8 @@ pub struct NodeProgress {
     pub state: NodeState,
     /// The failed step and its error, the running step, or the last finished step.
     pub detail: String,
-    /// Cordoned by this rollout and not uncordoned yet.
+    /// Cordoned by this rollout and not uncordoned yet (a node cordoned before the rollout
+    /// is not: it stays cordoned, and is named in `detail`).
     pub cordoned: bool,
 }
 
@@ -61,7 +62,9 @@ pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
     for batch in &replay.batches {
         for node in &batch.nodes {
             let uncordoned = has_finished(node, Action::Uncordon);
-            let cordoned = has_finished(node, Action::Cordon) && !uncordoned;
+            let cordon = replay.finished.get(&crate::planner::node_step_id(node, Action::Cordon));
+            let before = cordon.is_some_and(super::steps::cordoned_before);
+            let cordoned = cordon.is_some() && !uncordoned && !before;
             let failed = replay.failed.iter().find(|(id, _)| of(id, node));
             let running = replay.in_flight.keys().find(|id| of(id, node));
             let last_finished = replay.records.iter().rev().find_map(|r| match r {
@@ -73,7 +76,8 @@ pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
                 (None, Some(step), _) => (NodeState::InProgress, step.clone()),
                 (None, None, Some(_)) if uncordoned => {
                     let steps = replay.finished.keys().filter(|id| of(id, node)).count();
-                    (NodeState::Done, format!("{steps} step(s)"))
+                    let left = if before { "; left cordoned, as it was before the rollout" } else { "" };
+                    (NodeState::Done, format!("{steps} step(s){left}"))
                 }
                 (None, None, Some(step)) => (NodeState::InProgress, format!("after {step}")),
                 (None, None, None) => (NodeState::Pending, String::new()),

@@ -93,7 +93,11 @@ impl Runner<'_> {
             batches: planned.batches.clone(),
             http,
             approved,
-            chain_starts: planned.chains.iter().map(|c| planned.graph.step(c.first()).id.clone()).collect(),
+            chain_starts: planned
+                .chains
+                .iter()
+                .map(|c| (c.node.clone(), planned.graph.step(c.first()).id.clone()))
+                .collect(),
             finished: Mutex::new(replay.finished.clone()),
         });
         let graph = &planned.graph;
@@ -148,7 +152,7 @@ impl Runner<'_> {
             let waiting_for = closed.filter(|_| launch.held && !dispatch.halting());
             if running.is_empty() {
                 let Some(opens) = waiting_for else { break };
-                let cordoned = dispatch.cordoned();
+                let cordoned = dispatch.cordoned(|node| ctx.cordoned_before(node));
                 if options.windows == WindowMode::Pause && window_seen {
                     append(&journal, &Record::Paused { at: journal::now(), opens: opens.to_string() }).await?;
                     observer.event(&Event::Paused {
@@ -236,7 +240,7 @@ impl Runner<'_> {
                 .event(&Event::Finished { seconds: run_started.elapsed().as_secs_f64(), nodes: planned.chains.len() });
             return Ok(Outcome::Finished);
         }
-        let cordoned = dispatch.cordoned();
+        let cordoned = dispatch.cordoned(|node| ctx.cordoned_before(node));
         let failures = dispatch.failures().to_vec();
         let reason = failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
         append(&journal, &Record::Halted { at: journal::now(), reason }).await?;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::model::{HealthScope, SessionTimeoutPolicy, UncordonPolicy, WindowEndPolicy};
+use super::model::{AlreadyCordonedPolicy, HealthScope, SessionTimeoutPolicy, UncordonPolicy, WindowEndPolicy};
 use super::resolved::MaxUnavailable;
 use crate::labels;
 
@@ -30,6 +30,9 @@ pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// `defaults.uncordon`.
 pub const UNCORDON: UncordonPolicy = UncordonPolicy::Auto;
+/// `defaults.alreadyCordoned`: the node still gets its upgrade (the rollout's purpose), and
+/// stays cordoned as whoever cordoned it wanted.
+pub const ALREADY_CORDONED: AlreadyCordonedPolicy = AlreadyCordonedPolicy::Upgrade;
 /// `quorum.timeout`.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// `loadBalancer.bgp.nodeLabel`.
@@ -91,6 +94,7 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
         ("spec.defaults", "upgrade.timeout", written(UPGRADE_TIMEOUT)),
         ("spec.defaults", "verify.readyTimeout", written(READY_TIMEOUT)),
         ("spec.defaults", "uncordon", word(UNCORDON)),
+        ("spec.defaults", "alreadyCordoned", word(ALREADY_CORDONED)),
         ("spec.window", "timezone", TIMEZONE.into()),
         ("spec.window", "onWindowEnd", word(ON_WINDOW_END)),
         ("spec.health", "before", word(HEALTH_BEFORE)),

@@ -325,6 +325,20 @@ pub struct StepSettings {
     pub verify: Option<VerifySettings>,
     /// `auto`, or `approve`: wait for an operator to approve before the node serves again.
     pub uncordon: Option<UncordonPolicy>,
+    /// A node someone cordoned before the rollout reached it: `upgrade` it and leave it
+    /// cordoned (default), or `skip` it. noderoll never uncordons a node it did not cordon.
+    pub already_cordoned: Option<AlreadyCordonedPolicy>,
+}
+
+/// What becomes of a node that was cordoned before noderoll reached it (an admin took it out
+/// of service on purpose: a failing disk, a user's long render).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlreadyCordonedPolicy {
+    /// Drain, upgrade and verify it like any other node, then leave it cordoned.
+    Upgrade,
+    /// Leave it alone: no step changes it, and it stays cordoned.
+    Skip,
 }
 
 /// Drain settings (the counterparts of `kubectl drain`'s flags).
@@ -595,6 +609,8 @@ pub struct Batch {
     pub verify: Option<VerifySettings>,
     /// Overrides `defaults.uncordon` for this batch.
     pub uncordon: Option<UncordonPolicy>,
+    /// Overrides `defaults.alreadyCordoned` for this batch.
+    pub already_cordoned: Option<AlreadyCordonedPolicy>,
 }
 
 /// The role of a batch's nodes.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::model::{
-    AddressType, DnsStrategy, LoadBalancerMode, NotifyEvent, Role, SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy,
-    WindowEndPolicy,
+    AddressType, AlreadyCordonedPolicy, DnsStrategy, LoadBalancerMode, NotifyEvent, Role, SessionTimeoutPolicy,
+    TsigAlgorithm, UncordonPolicy, WindowEndPolicy,
 };
 use super::selector::Selector;
 use super::template::CommandTemplate;
@@ -306,6 +306,8 @@ pub struct Settings {
     pub verify: VerifyPlan,
     /// Uncordon policy.
     pub uncordon: UncordonPolicy,
+    /// What becomes of a node cordoned before the rollout reached it.
+    pub already_cordoned: AlreadyCordonedPolicy,
 }
 
 /// Drain settings.

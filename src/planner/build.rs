@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use petgraph::graph::NodeIndex;
 
 use super::PlannerError;
-use super::graph::{Action, RecordChange, Step, StepGraph};
+use super::graph::{Action, RecordChange, Step, StepGraph, node_step_id};
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
 use crate::plan::resolved::{BatchPlan, Members, Plan, etcd_fault_tolerance};
 
@@ -96,6 +96,8 @@ pub enum MemberSource {
 pub struct Inventory {
     /// Node name → labels.
     pub nodes: BTreeMap<String, BTreeMap<String, String>>,
+    /// Nodes cordoned now (`spec.unschedulable`).
+    pub cordoned: BTreeSet<String>,
     /// Pods bound to a node.
     pub pods: Vec<PodFacts>,
     /// PodDisruptionBudgets.
@@ -210,7 +212,7 @@ pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned,
                 .iter()
                 .map(|&action| {
                     graph.add(Step {
-                        id: format!("{node}/{}", action.name()),
+                        id: node_step_id(node, action),
                         node: Some(node.clone()),
                         batch: Some(batch.name.clone()),
                         action,

@@ -114,6 +114,11 @@ impl Action {
     }
 }
 
+/// The id of a node's step: `NODE/ACTION`.
+pub fn node_step_id(node: &str, action: Action) -> String {
+    format!("{node}/{}", action.name())
+}
+
 /// A step id read back (from a journal, a command line): whose step it is and what it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepRef<'a> {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::build::{Inventory, Planned};
 use crate::labels::{JUNO_WORKSTATION, SERVICE_LABELS, selector_matches};
 use crate::plan::Plan;
-use crate::plan::model::Role;
+use crate::plan::model::{AlreadyCordonedPolicy, Role};
 
 /// One plan node as the cluster has it now.
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +44,18 @@ pub struct Survey {
     pub missing: Vec<String>,
     /// Nodes whose labels contradict their batch's role, with the reason.
     pub role_conflicts: Vec<String>,
+    /// Plan nodes someone has cordoned already, with what the rollout will do with each
+    /// (`upgrade`, then leave cordoned, or `skip`).
+    pub already_cordoned: Vec<AlreadyCordoned>,
+}
+
+/// A plan node that is cordoned before the rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlreadyCordoned {
+    /// The node.
+    pub node: String,
+    /// Its batch's `alreadyCordoned` policy.
+    pub policy: AlreadyCordonedPolicy,
 }
 
 /// Whether any of `keys` is set (to anything but `false`).
@@ -62,6 +74,10 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
             result.missing.push(chain.node.clone());
             continue;
         };
+        if inventory.cordoned.contains(&chain.node) {
+            let policy = batch.settings.already_cordoned;
+            result.already_cordoned.push(AlreadyCordoned { node: chain.node.clone(), policy });
+        }
         let serves = has_any(labels, &SERVICE_LABELS);
         let works = has_any(labels, &[JUNO_WORKSTATION]);
         match batch.role {
@@ -143,6 +159,15 @@ pub fn text(survey: &Survey) -> String {
     }
     for conflict in &survey.role_conflicts {
         let _ = writeln!(out, "  role: {conflict}");
+    }
+    let (upgraded, skipped): (Vec<&AlreadyCordoned>, Vec<&AlreadyCordoned>) =
+        survey.already_cordoned.iter().partition(|c| c.policy == AlreadyCordonedPolicy::Upgrade);
+    let names = |nodes: &[&AlreadyCordoned]| nodes.iter().map(|c| c.node.clone()).collect::<Vec<_>>();
+    if !upgraded.is_empty() {
+        let _ = writeln!(out, "  cordoned already (upgraded, then left cordoned): {}", sample(&names(&upgraded)));
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "  cordoned already (skipped, left as they are): {}", sample(&names(&skipped)));
     }
     out
 }

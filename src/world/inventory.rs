@@ -74,6 +74,9 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
         let namespace = meta["namespace"].as_str().unwrap_or_default().to_owned();
         match object["kind"].as_str() {
             Some("Node") => {
+                if object["spec"]["unschedulable"] == true {
+                    inventory.cordoned.insert(name.clone());
+                }
                 inventory.nodes.insert(name, strings(&meta["labels"]));
             }
             Some("Pod") => {
@@ -124,9 +127,13 @@ pub async fn from_cluster(
 ) -> Result<Inventory, InventoryError> {
     let mut inventory = Inventory::default();
     read_pages(&Api::<Node>::all(client.clone()), patience, "nodes", |page| {
-        inventory.nodes.extend(
-            page.into_iter().map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.labels.unwrap_or_default())),
-        );
+        for node in page {
+            let name = node.metadata.name.unwrap_or_default();
+            if node.spec.and_then(|s| s.unschedulable) == Some(true) {
+                inventory.cordoned.insert(name.clone());
+            }
+            inventory.nodes.insert(name, node.metadata.labels.unwrap_or_default());
+        }
         Ok(())
     })
     .await?;

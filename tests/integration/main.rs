@@ -3,6 +3,7 @@
 use test_support::{control_plane, etcd, harness, knot};
 
 mod check;
+mod cordoned;
 mod distribution;
 mod dns;
 mod incluster;
@@ -11,6 +12,7 @@ mod notify;
 mod preview;
 mod prometheus;
 mod quorum;
+mod real_cordoned;
 mod real_drain;
 mod real_outage;
 mod real_preview;

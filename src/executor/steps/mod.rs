@@ -22,9 +22,11 @@ use tokio::sync::watch;
 
 pub use dns::{full_record, preflight as dns_preflight};
 pub use hook::HookSettings;
+pub(crate) use node::cordoned_before;
 
 use super::event::{Event, Observer};
 use crate::plan::Plan;
+use crate::plan::model::AlreadyCordonedPolicy;
 use crate::plan::resolved::BatchPlan;
 use crate::planner::{Action, Step};
 use crate::world::retry::Patience;
@@ -94,9 +96,10 @@ pub struct Context {
     pub http: Option<crate::world::http::HttpClient>,
     /// Nodes approved for uncordon, kept up to date from the journal.
     pub approved: watch::Receiver<BTreeSet<String>>,
-    /// The first step of every node's chain: where a service node leaves service, so where
-    /// etcd must be able to lose its member (before its DNS record is withdrawn, if any).
-    pub chain_starts: BTreeSet<String>,
+    /// The first step of every node's chain, by node: where a service node leaves service,
+    /// so where etcd must be able to lose its member (before its DNS record is withdrawn, if
+    /// any), and where a node cordoned by someone else is skipped.
+    pub chain_starts: BTreeMap<String, String>,
     /// What finished steps reported, by step id (the upgrade's boot ID before, a label's
     /// old value), for the steps that undo or check them.
     pub finished: Mutex<BTreeMap<String, Value>>,
@@ -153,6 +156,30 @@ impl Context {
         self.finished.lock().unwrap_or_else(|e| e.into_inner()).get(step_id).cloned().unwrap_or(Value::Null)
     }
 
+    /// Whether the node was cordoned before the rollout, as its finished cordon journaled.
+    pub fn cordoned_before(&self, node: &str) -> bool {
+        node::cordoned_before(&self.finished_detail(&crate::planner::node_step_id(node, Action::Cordon)))
+    }
+
+    /// Whether the step is its node's first.
+    fn starts_chain(&self, step: &Step) -> bool {
+        step.node.as_ref().and_then(|n| self.chain_starts.get(n)) == Some(&step.id)
+    }
+
+    /// Whether the step's node is left alone: its batch skips nodes cordoned before the
+    /// rollout, and the node was (as its first step journaled before acting).
+    fn skips(&self, step: &Step, detail: &Value) -> bool {
+        let policy = self.batch(step).map(|b| b.settings.already_cordoned);
+        if policy != Some(AlreadyCordonedPolicy::Skip) {
+            return false;
+        }
+        let Some(first) = step.node.as_ref().and_then(|n| self.chain_starts.get(n)) else { return false };
+        if *first == step.id {
+            return node::cordoned_before(detail);
+        }
+        self.finished_detail(first).get(node::SKIPPED).is_some()
+    }
+
     fn batch(&self, step: &Step) -> Option<&BatchPlan> {
         let name = step.batch.as_deref()?;
         self.plan.batches.iter().find(|b| b.name == name)
@@ -179,15 +206,21 @@ pub(super) fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Reads what a resume will need to judge the step, before it acts.
+/// Reads what a resume will need to judge the step, before it acts. The first step of a
+/// node and its cordon also record whether the node was cordoned already: after noderoll's
+/// own cordon, the node can no longer tell.
 pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
     let Some(node) = step.node.as_deref() else { return Ok(Value::Null) };
-    match step.action {
-        Action::Upgrade => ready::before_upgrade(ctx, node).await,
-        Action::BgpWithdraw => node::bgp_label_value(ctx, node).await,
-        Action::DnsWithdraw | Action::DnsRepoint => dns::before_change(ctx).await,
-        _ => Ok(Value::Null),
+    let detail = match step.action {
+        Action::Upgrade => ready::before_upgrade(ctx, node).await?,
+        Action::BgpWithdraw => node::bgp_label_value(ctx, node).await?,
+        Action::DnsWithdraw | Action::DnsRepoint => dns::before_change(ctx).await?,
+        _ => Value::Null,
+    };
+    if ctx.starts_chain(step) || step.action == Action::Cordon {
+        return node::with_cordon_state(ctx, node, detail).await;
     }
+    Ok(detail)
 }
 
 /// Does the step. `detail` is what `prepare` recorded (now or before a crash); `resumed`
@@ -195,7 +228,10 @@ pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
 pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> Result<Value, StepError> {
     let node = step.node.as_deref().unwrap_or_default();
     let batch = ctx.batch(step);
-    let chain_start = ctx.chain_starts.contains(&step.id);
+    if ctx.skips(step, detail) {
+        return Ok(node::skipped(ctx, step));
+    }
+    let chain_start = ctx.starts_chain(step);
     if chain_start {
         health::before_node(ctx, step).await?;
     }
@@ -212,8 +248,8 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::Window, _) => gates::window(ctx, step).await,
         (Action::Quorum, _) => gates::quorum(ctx, step).await,
         (Action::Health, _) => health::before_batch(ctx, step).await,
-        (Action::Cordon, _) => node::set_unschedulable(ctx, step, true).await,
-        (Action::Uncordon, _) => node::set_unschedulable(ctx, step, false).await,
+        (Action::Cordon, _) => node::cordon(ctx, step, detail).await,
+        (Action::Uncordon, _) => node::uncordon(ctx, step).await,
         (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
         (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
         (Action::WaitL2Release, _) => l2::wait_release(ctx, step).await,

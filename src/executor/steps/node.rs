@@ -24,17 +24,62 @@ async fn patch(ctx: &Context, node: &str, body: Value, what: &str) -> Result<Nod
         .map_err(|source| StepError::Api { context: format!("{what} node {node}"), source })
 }
 
-/// Cordons (`true`) or uncordons the step's node.
-pub(super) async fn set_unschedulable(ctx: &Context, step: &Step, unschedulable: bool) -> Result<Value, StepError> {
+/// The journal key saying whether a node was cordoned before noderoll's first change to it.
+const WAS_CORDONED: &str = "wasCordoned";
+/// The journal key of the steps of a node left alone because it was cordoned already.
+pub(super) const SKIPPED: &str = "skipped";
+
+/// `detail` (an object, or null) with whether the node is cordoned now, read before the
+/// step acts and journaled with its start.
+pub(super) async fn with_cordon_state(ctx: &Context, node: &str, detail: Value) -> Result<Value, StepError> {
+    let found = ctx.node(node).await?;
+    let cordoned = found.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    let mut detail = if detail.is_null() { json!({}) } else { detail };
+    if let Some(object) = detail.as_object_mut() {
+        object.insert(WAS_CORDONED.into(), json!(cordoned));
+    }
+    Ok(detail)
+}
+
+/// Whether a journaled detail says the node was cordoned before noderoll touched it.
+pub(crate) fn cordoned_before(detail: &Value) -> bool {
+    detail[WAS_CORDONED] == true
+}
+
+/// What a step of a node left alone reports (the node's first step says why, once).
+pub(super) fn skipped(ctx: &Context, step: &Step) -> Value {
     let node = step.node.as_deref().unwrap_or_default();
-    let (what, value) = if unschedulable { ("cordon", json!(true)) } else { ("uncordon", Value::Null) };
-    let patched = patch(ctx, node, json!({"spec": {"unschedulable": value}}), what).await?;
-    let (reason, message) = if unschedulable {
-        ("NoderollCordon", format!("noderoll plan {}: cordoned for its upgrade", ctx.plan.name))
-    } else {
-        ("NoderollUncordon", format!("noderoll plan {}: upgraded and verified, schedulable again", ctx.plan.name))
-    };
-    record_event(ctx, &patched, reason, &message).await;
+    if ctx.starts_chain(step) {
+        ctx.progress(step, format!("{node} was cordoned before the rollout; its batch skips such nodes (alreadyCordoned: skip), so it is left as it is"));
+    }
+    json!({SKIPPED: "cordoned before the rollout", WAS_CORDONED: true})
+}
+
+/// Cordons the step's node, unless it was cordoned already (then it stays as it is, and
+/// stays cordoned at the end).
+pub(super) async fn cordon(ctx: &Context, step: &Step, detail: &Value) -> Result<Value, StepError> {
+    let node = step.node.as_deref().unwrap_or_default();
+    if cordoned_before(detail) {
+        ctx.progress(step, format!("{node} was cordoned before the rollout: it is upgraded and left cordoned"));
+        return Ok(json!({WAS_CORDONED: true}));
+    }
+    let patched = patch(ctx, node, json!({"spec": {"unschedulable": true}}), "cordon").await?;
+    let message = format!("noderoll plan {}: cordoned for its upgrade", ctx.plan.name);
+    record_event(ctx, &patched, "NoderollCordon", &message).await;
+    Ok(json!({WAS_CORDONED: false}))
+}
+
+/// Uncordons the step's node if noderoll cordoned it: one cordoned before the rollout stays
+/// cordoned, as whoever cordoned it meant.
+pub(super) async fn uncordon(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+    let node = step.node.as_deref().unwrap_or_default();
+    if ctx.cordoned_before(node) {
+        ctx.progress(step, format!("{node} stays cordoned: it was cordoned before the rollout, not by noderoll"));
+        return Ok(json!({"leftCordoned": true}));
+    }
+    let patched = patch(ctx, node, json!({"spec": {"unschedulable": null}}), "uncordon").await?;
+    let message = format!("noderoll plan {}: upgraded and verified, schedulable again", ctx.plan.name);
+    record_event(ctx, &patched, "NoderollUncordon", &message).await;
     Ok(Value::Null)
 }
 

@@ -218,6 +218,7 @@ impl Checker<'_> {
                 upgrade: upgrade?,
                 verify: layer.verify,
                 uncordon: layer.uncordon,
+                already_cordoned: layer.already_cordoned,
             },
         })
     }

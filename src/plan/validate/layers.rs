@@ -7,7 +7,7 @@ use serde_saphyr::Spanned;
 
 use super::{Checker, HOOK_PLACEHOLDERS};
 use crate::plan::defaults;
-use crate::plan::model::{self, Batch, StepSettings, UncordonPolicy};
+use crate::plan::model::{self, AlreadyCordonedPolicy, Batch, StepSettings, UncordonPolicy};
 use crate::plan::resolved::{DrainPlan, SessionsPlan, VerifyPlan};
 
 /// Step settings with everything but the upgrade command known: the defaults section may
@@ -21,6 +21,7 @@ pub(super) struct Layer {
     pub(super) upgrade_timeout: Duration,
     pub(super) verify: VerifyPlan,
     pub(super) uncordon: UncordonPolicy,
+    pub(super) already_cordoned: AlreadyCordonedPolicy,
 }
 
 impl Layer {
@@ -50,6 +51,7 @@ impl Layer {
                 command: None,
             },
             uncordon: defaults::UNCORDON,
+            already_cordoned: defaults::ALREADY_CORDONED,
         }
     }
 }
@@ -103,6 +105,9 @@ impl Checker<'_> {
         if let Some(u) = over.uncordon {
             out.uncordon = u;
         }
+        if let Some(a) = over.already_cordoned {
+            out.already_cordoned = a;
+        }
         out
     }
 }
@@ -116,6 +121,7 @@ pub(super) struct Overrides<'a> {
     upgrade: Option<&'a model::UpgradeSettings>,
     verify: Option<&'a model::VerifySettings>,
     uncordon: Option<UncordonPolicy>,
+    already_cordoned: Option<AlreadyCordonedPolicy>,
 }
 
 impl<'a> From<&'a StepSettings> for Overrides<'a> {
@@ -126,6 +132,7 @@ impl<'a> From<&'a StepSettings> for Overrides<'a> {
             upgrade: s.upgrade.as_ref(),
             verify: s.verify.as_ref(),
             uncordon: s.uncordon,
+            already_cordoned: s.already_cordoned,
         }
     }
 }
@@ -138,6 +145,7 @@ impl<'a> From<&'a Batch> for Overrides<'a> {
             upgrade: b.upgrade.as_ref(),
             verify: b.verify.as_ref(),
             uncordon: b.uncordon,
+            already_cordoned: b.already_cordoned,
         }
     }
 }
