@@ -136,6 +136,8 @@ pub struct BudgetFacts {
     pub selector: serde_json::Value,
     /// `status.disruptionsAllowed`.
     pub disruptions_allowed: i64,
+    /// Why it can never allow an eviction, when it cannot ([`super::budget::never_allows`]).
+    pub never: Option<String>,
 }
 
 /// Builds the step graph of a plan whose batches all list their nodes.

@@ -1,6 +1,7 @@
 //! From a validated plan to a step graph, and its renderings. Pure: no I/O, no clock, no
 //! async; plain tests and proptest cover it.
 
+pub mod budget;
 pub mod build;
 pub mod estimate;
 pub mod graph;

@@ -30,6 +30,9 @@ pub struct NodeSurvey {
     pub left_alone: Vec<String>,
     /// PDBs (`namespace/name`) covering a pod to evict that allow no disruption now.
     pub blocking_budgets: Vec<String>,
+    /// Of those, the ones that can never allow one, with why (`namespace/name: reason`):
+    /// the drain halts at once on them instead of waiting out its timeout.
+    pub hopeless_budgets: Vec<String>,
 }
 
 /// The whole survey.
@@ -98,8 +101,10 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
             sessions: Vec::new(),
             left_alone: Vec::new(),
             blocking_budgets: Vec::new(),
+            hopeless_budgets: Vec::new(),
         };
         let mut blocking = BTreeSet::new();
+        let mut hopeless = BTreeSet::new();
         for pod in inventory.pods.iter().filter(|p| p.node == chain.node && !p.terminal) {
             let key = format!("{}/{}", pod.namespace, pod.name);
             let drain = &batch.settings.drain;
@@ -117,11 +122,15 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
             for budget in inventory.budgets.iter().filter(|b| b.namespace == pod.namespace) {
                 if budget.disruptions_allowed <= 0 && selector_matches(&budget.selector, &pod.labels) {
                     blocking.insert(format!("{}/{}", budget.namespace, budget.name));
+                    if let Some(why) = &budget.never {
+                        hopeless.insert(format!("{}/{}: {why}", budget.namespace, budget.name));
+                    }
                 }
             }
             node.evict.push(key);
         }
         node.blocking_budgets = blocking.into_iter().collect();
+        node.hopeless_budgets = hopeless.into_iter().collect();
         result.nodes.push(node);
     }
     result
@@ -146,6 +155,9 @@ pub fn text(survey: &Survey) -> String {
         out.push('\n');
         if !n.blocking_budgets.is_empty() {
             let _ = writeln!(out, "      blocked now by PDB {} (disruptionsAllowed 0)", n.blocking_budgets.join(", "));
+        }
+        for hopeless in &n.hopeless_budgets {
+            let _ = writeln!(out, "      PDB {hopeless}; the drain will halt on it");
         }
         if !n.sessions.is_empty() {
             let _ = writeln!(out, "      sessions: {}", sample(&n.sessions));

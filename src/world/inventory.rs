@@ -107,6 +107,7 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                 name,
                 selector: object["spec"]["selector"].clone(),
                 disruptions_allowed: object["status"]["disruptionsAllowed"].as_i64().unwrap_or(0),
+                never: crate::planner::budget::never_allows(object),
             }),
             _ => {}
         }

@@ -174,6 +174,14 @@ mod with_a_cluster {
             .filter_map(|n| n["node"].as_str())
             .collect();
         assert_eq!(blocked.len(), 1, "the one node running coredns: {survey}");
+        let coredns = nodes.iter().find(|n| n["node"] == blocked[0]).expect("coredns's node");
+        assert_eq!(
+            coredns["hopelessBudgets"],
+            serde_json::json!([
+                "kube-system/strict: maxUnavailable 0 with 1 pod(s) it covers: it must keep 1 healthy, so it can never allow an eviction"
+            ]),
+            "a budget that allows no disruption ever is told from one that allows none now"
+        );
         let ws01 = nodes.iter().find(|n| n["node"] == "ws01").expect("ws01");
         assert!(!ws01["sessions"].as_array().expect("sessions").is_empty(), "{ws01}");
         assert!(

@@ -164,3 +164,41 @@ fn a_drain_on_the_real_control_plane_refuses_a_pod_whose_emptydir_data_would_be_
     let node = plane.kubectl_ok(&["get", "node", "ws02", "-o", "jsonpath={.spec.unschedulable}"]);
     assert_eq!(node, "true", "the node stays cordoned for the operator, as the halt says");
 }
+
+const STRICT: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: strict, namespace: drain}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: strict}}\n  template:\n    metadata: {labels: {app: strict}}\n    spec:\n      nodeSelector: {juno-innovations.com/workstation: \"true\"}\n      tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n      terminationGracePeriodSeconds: 1\n      containers: [{name: app, image: app:1}]\n\
+---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: strict, namespace: drain}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: strict}}\n";
+
+#[test]
+fn a_budget_that_can_never_allow_the_eviction_halts_the_drain_at_once_on_the_real_control_plane() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    let others = pin_to(&plane, &studio, "ws01", STRICT, 2);
+    for other in &others {
+        plane.kubectl_ok(&["uncordon", other]);
+    }
+    plane.eventually("the disruption controller has seen both pods", || {
+        plane.kubectl_ok(&["get", "pdb", "-n", "drain", "strict", "-o", "jsonpath={.status.expectedPods}"]) == "2"
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The drain may take 15 minutes; the budget can never let a pod go, so it must not.
+    let plan = plan(dir.path(), "strict", &one_node("ws01", "{timeout: 15m, ignoreDaemonSets: true}"));
+    let started = std::time::Instant::now();
+    let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert!(!out.status.success(), "the drain must halt");
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "halted after {:?}", started.elapsed());
+    let halted = halted(&out.stdout);
+    assert_eq!(halted["failed"][0]["step"], "ws01/drain", "{halted}");
+    let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("PDB drain/strict") && error.contains("minAvailable 2 with 2 pod(s)"), "{error}");
+    let answered = evictions(&plane);
+    assert!(
+        answered.iter().any(|(pod, code)| pod.starts_with("strict-") && *code == 429),
+        "the budget refused an eviction: {answered:?}"
+    );
+    assert!(
+        !answered.iter().any(|(pod, code)| pod.starts_with("strict-") && (200..300).contains(code)),
+        "no pod the budget covers was evicted: {answered:?}"
+    );
+}

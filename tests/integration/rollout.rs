@@ -128,18 +128,26 @@ fn a_second_apply_is_refused_while_the_lock_is_held() {
 }
 
 #[test]
-fn a_budget_that_never_allows_eviction_halts_with_the_pdb_named_and_the_node_cordoned() {
+fn a_budget_that_never_allows_eviction_halts_at_once_with_the_pdb_named_and_the_node_cordoned() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
     sim.create(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: coredns-strict, namespace: kube-system}\nspec: {maxUnavailable: 0, selector: {matchLabels: {k8s-app: kube-dns}}}\n",
     );
-    let plan =
-        plan(sim.dir.path(), "blocked", "    drain: {timeout: 3s, ignoreDaemonSets: true, deleteEmptyDirData: true}\n");
+    // The drain's timeout is the default 15 minutes: a budget that can never allow the
+    // eviction halts the drain in seconds, naming the budget, its numbers and the fix.
+    let plan = plan(sim.dir.path(), "blocked", "    drain: {ignoreDaemonSets: true, deleteEmptyDirData: true}\n");
+    let started = std::time::Instant::now();
     let (code, events, stderr) = apply(&sim, &plan, &[]);
     assert_eq!(code, 4, "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "halted after {:?}", started.elapsed());
     let halted = events.iter().find(|e| e["event"] == "halted").expect("a halted event");
     let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("kube-system/coredns-strict") && error.contains("coredns"), "{error}");
+    assert!(
+        error.contains("maxUnavailable 0 with 1 pod(s)") && error.contains("can never allow an eviction"),
+        "{error}"
+    );
+    assert!(error.contains("set maxUnavailable to at least 1"), "{error}");
     let cordoned: Vec<String> = serde_json::from_value(halted["cordoned"].clone()).expect("list");
     assert_eq!(cordoned.len(), 1, "{halted}");
     let node = &cordoned[0];

@@ -28,6 +28,7 @@ use crate::labels::selector_matches;
 use crate::plan::duration::written;
 use crate::plan::resolved::DrainPlan;
 use crate::planner::Step;
+use crate::planner::budget::{NEVER_ALLOWS_FIX, never_allows};
 use crate::world::retry;
 
 /// Evictions in flight at once.
@@ -185,8 +186,8 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut pods = std::pin::pin!(watcher(api.clone(), config).default_backoff());
     let mut budgets_stream: Option<_> = None;
-    let mut budgets: BTreeMap<String, (Value, i32)> = BTreeMap::new();
-    let mut budget_listing: Option<BTreeMap<String, (Value, i32)>> = None;
+    let mut budgets: BTreeMap<String, Budget> = BTreeMap::new();
+    let mut budget_listing: Option<BTreeMap<String, Budget>> = None;
     let mut listing: Option<Vec<Pod>> = Some(Vec::new());
     let mut progress = Progress::default();
     let mut initial: Option<(usize, Vec<String>)> = None;
@@ -273,6 +274,9 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                         let pdbs: Api<PodDisruptionBudget> = Api::all(ctx.client.clone());
                         budgets_stream = Some(Box::pin(watcher(pdbs, watcher::Config::default()).default_backoff()));
                     }
+                    if let Some(error) = hopeless(node, &progress, &budgets) {
+                        return Err(error);
+                    }
                 }
                 Evicted::Throttled(pause) => progress.retry_later(uid, pause),
                 Evicted::Transient(error) => {
@@ -291,7 +295,7 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                     }
                     Some(Ok(watcher::Event::InitDone)) => {
                         budgets = budget_listing.take().unwrap_or_default();
-                        released.extend(budgets.iter().filter(|(_, (_, allowed))| *allowed > 0).map(|(k, _)| k.clone()));
+                        released.extend(budgets.iter().filter(|(_, b)| b.allowed > 0).map(|(k, _)| k.clone()));
                         // Pods parked before the budgets were known: name their budgets now.
                         for (uid, holding) in &mut progress.blocked {
                             if let Some(target) = progress.targets.get(uid) {
@@ -304,7 +308,7 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                     }
                     Some(Ok(watcher::Event::Apply(pdb))) => {
                         let (key, entry) = budget_entry(&pdb);
-                        if entry.1 > 0 {
+                        if entry.allowed > 0 {
                             released.push(key.clone());
                         }
                         budgets.insert(key, entry);
@@ -326,6 +330,9 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                 for uid in unblocked {
                     progress.blocked.remove(&uid);
                     progress.queue.push_back(uid);
+                }
+                if let Some(error) = hopeless(node, &progress, &budgets) {
+                    return Err(error);
                 }
             },
             _ = tick.tick() => {
@@ -350,17 +357,28 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
     }
 }
 
+/// What the drain knows of one PodDisruptionBudget.
+#[derive(Debug)]
+struct Budget {
+    /// `spec.selector` as JSON.
+    selector: Value,
+    /// `status.disruptionsAllowed`.
+    allowed: i32,
+    /// Why it can never allow an eviction, when it cannot.
+    never: Option<String>,
+}
+
 /// The budgets (`namespace/name`) whose selector covers a pod.
-fn holding_budgets(budgets: &BTreeMap<String, (Value, i32)>, target: &Target) -> BTreeSet<String> {
+fn holding_budgets(budgets: &BTreeMap<String, Budget>, target: &Target) -> BTreeSet<String> {
     let prefix = format!("{}/", target.namespace);
     budgets
         .iter()
-        .filter(|(key, (selector, _))| key.starts_with(&prefix) && selector_matches(selector, &target.labels))
+        .filter(|(key, b)| key.starts_with(&prefix) && selector_matches(&b.selector, &target.labels))
         .map(|(key, _)| key.clone())
         .collect()
 }
 
-fn budget_entry(pdb: &PodDisruptionBudget) -> (String, (Value, i32)) {
+fn budget_entry(pdb: &PodDisruptionBudget) -> (String, Budget) {
     let key = format!(
         "{}/{}",
         pdb.metadata.namespace.as_deref().unwrap_or_default(),
@@ -368,16 +386,22 @@ fn budget_entry(pdb: &PodDisruptionBudget) -> (String, (Value, i32)) {
     );
     let selector = pdb.spec.as_ref().and_then(|s| serde_json::to_value(&s.selector).ok()).unwrap_or(Value::Null);
     let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
-    (key, (selector, allowed))
+    let never = serde_json::to_value(pdb).ok().and_then(|v| never_allows(&v));
+    (key, Budget { selector, allowed, never })
+}
+
+/// The error, at once, when a pod is held by a budget that can never allow its eviction:
+/// waiting out the drain timeout would change nothing.
+fn hopeless(node: &str, progress: &Progress, budgets: &BTreeMap<String, Budget>) -> Option<StepError> {
+    progress.blocked.iter().find_map(|(uid, holding)| {
+        let (key, why) = holding.iter().find_map(|key| Some((key, budgets.get(key)?.never.as_ref()?)))?;
+        let pod = progress.targets.get(uid).map(Target::key).unwrap_or_default();
+        Some(StepError::Drain(format!("cannot drain {node}: PDB {key} holds {pod}: {why}; {NEVER_ALLOWS_FIX}")))
+    })
 }
 
 /// The error when the drain runs out of time: every pod still there, and why.
-fn give_up(
-    node: &str,
-    settings: &DrainPlan,
-    progress: &Progress,
-    budgets: &BTreeMap<String, (Value, i32)>,
-) -> StepError {
+fn give_up(node: &str, settings: &DrainPlan, progress: &Progress, budgets: &BTreeMap<String, Budget>) -> StepError {
     let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (uid, holding) in &progress.blocked {
         if let Some(target) = progress.targets.get(uid) {
@@ -388,7 +412,7 @@ fn give_up(
     }
     let mut parts = Vec::new();
     for (budget, pods) in &held {
-        let allowed = budgets.get(budget).map_or(String::new(), |(_, a)| format!(", disruptionsAllowed {a}"));
+        let allowed = budgets.get(budget).map_or(String::new(), |b| format!(", disruptionsAllowed {}", b.allowed));
         parts.push(format!("PDB {budget}{allowed} holds {}", sample(pods.iter().cloned())));
     }
     let terminating: Vec<String> =
