@@ -231,11 +231,13 @@ fn without_etcd_endpoints_a_control_plane_node_lost_mid_batch_stops_the_next_one
     assert!(!unschedulable(&sim, "cp1") && !unschedulable(&sim, "cp2"), "cp1 finished, cp2 untouched");
 }
 
-/// A Deployment pinned to `node` with a budget allowing no disruption: the node's drain
-/// waits until the budget `hold` is deleted.
+/// Two pods of a Deployment pinned to `node` under a budget keeping one of them: the first
+/// is evicted, its replacement cannot start on the cordoned node, so the second is held
+/// until the budget `hold` is deleted. (A budget that could never allow an eviction, such as
+/// maxUnavailable 0, would halt the drain at once instead of holding it.)
 fn hold_drain_of(sim: &SimProcess, node: &str) {
     sim.create(&format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: pinned, namespace: juno}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: pinned}}}}\n  template:\n    metadata: {{labels: {{app: pinned}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {node}}}\n      containers: [{{name: app, image: example.invalid/pinned:1}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: hold, namespace: juno}}\nspec: {{maxUnavailable: 0, selector: {{matchLabels: {{app: pinned}}}}}}\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: pinned, namespace: juno}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: pinned}}}}\n  template:\n    metadata: {{labels: {{app: pinned}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {node}}}\n      containers: [{{name: app, image: example.invalid/pinned:1}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: hold, namespace: juno}}\nspec: {{minAvailable: 1, selector: {{matchLabels: {{app: pinned}}}}}}\n"
     ));
 }
 
