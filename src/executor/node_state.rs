@@ -2,10 +2,12 @@
 //! journal's replay, the metrics endpoint counts it from live events, and both spell the
 //! states the same way.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::journal::{Record, Replay};
-use crate::planner::{Action, StepRef};
+use crate::planner::{Action, StepRef, node_step_id};
 
 /// A node's place in the rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -52,32 +54,60 @@ pub struct NodeProgress {
     pub cordoned: bool,
 }
 
-/// Every node the journal's last run resolved, in batch order.
+/// What the replay says of one node's steps, gathered in one pass over the journal.
+#[derive(Default)]
+struct Steps<'a> {
+    finished: usize,
+    last_finished: Option<&'a str>,
+    running: Option<&'a str>,
+    failed: Option<(&'a str, &'a str)>,
+}
+
+/// The entry of the node whose step `id` is, if it is a node's step.
+fn steps_of<'m, 'a>(by_node: &'m mut HashMap<&'a str, Steps<'a>>, id: &'a str) -> Option<&'m mut Steps<'a>> {
+    StepRef::parse(id).and_then(StepRef::node).map(|node| by_node.entry(node).or_default())
+}
+
+/// Every node the journal's last run resolved, in batch order. Each step id is read once,
+/// so a 10,000-node journal costs one pass, not one per node.
 pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
-    let of = |id: &str, node: &str| StepRef::parse(id).and_then(StepRef::node) == Some(node);
-    let has_finished = |node: &str, action: Action| {
-        replay.finished.keys().any(|id| StepRef::parse(id) == Some(StepRef::Node { node, action }))
-    };
+    let mut by_node: HashMap<&str, Steps> = HashMap::new();
+    for id in replay.finished.keys() {
+        if let Some(steps) = steps_of(&mut by_node, id) {
+            steps.finished += 1;
+        }
+    }
+    for (id, error) in &replay.failed {
+        if let Some(steps) = steps_of(&mut by_node, id) {
+            steps.failed.get_or_insert((id, error));
+        }
+    }
+    for id in replay.in_flight.keys() {
+        if let Some(steps) = steps_of(&mut by_node, id) {
+            steps.running.get_or_insert(id);
+        }
+    }
+    for record in &replay.records {
+        if let Record::StepFinished { step, .. } = record
+            && let Some(steps) = steps_of(&mut by_node, step)
+        {
+            steps.last_finished = Some(step);
+        }
+    }
     let mut out = Vec::new();
     for batch in &replay.batches {
         for node in &batch.nodes {
-            let uncordoned = has_finished(node, Action::Uncordon);
-            let cordon = replay.finished.get(&crate::planner::node_step_id(node, Action::Cordon));
+            let steps = by_node.remove(node.as_str()).unwrap_or_default();
+            let uncordoned = replay.finished.contains_key(&node_step_id(node, Action::Uncordon));
+            let cordon = replay.finished.get(&node_step_id(node, Action::Cordon));
             let before = cordon.is_some_and(super::steps::cordoned_before);
             let cordoned = cordon.is_some() && !uncordoned && !before;
-            let failed = replay.failed.iter().find(|(id, _)| of(id, node));
-            let running = replay.in_flight.keys().find(|id| of(id, node));
-            let last_finished = replay.records.iter().rev().find_map(|r| match r {
-                Record::StepFinished { step, .. } if of(step, node) => Some(step),
-                _ => None,
-            });
-            let (state, detail) = match (failed, running, last_finished) {
+            let (state, detail) = match (steps.failed, steps.running, steps.last_finished) {
                 (Some((step, error)), _, _) => (NodeState::Failed, format!("{step}: {error}")),
-                (None, Some(step), _) => (NodeState::InProgress, step.clone()),
+                (None, Some(step), _) => (NodeState::InProgress, step.to_owned()),
                 (None, None, Some(_)) if uncordoned => {
-                    let steps = replay.finished.keys().filter(|id| of(id, node)).count();
                     let left = if before { "; left cordoned, as it was before the rollout" } else { "" };
-                    (NodeState::Done, format!("{steps} step(s){left}"))
+                    (NodeState::Done, format!("{} step(s){left}", steps.finished))
                 }
                 (None, None, Some(step)) => (NodeState::InProgress, format!("after {step}")),
                 (None, None, None) => (NodeState::Pending, String::new()),

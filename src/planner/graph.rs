@@ -160,13 +160,6 @@ impl<'a> StepRef<'a> {
             StepRef::Gate { .. } => None,
         }
     }
-
-    /// The action.
-    pub fn action(self) -> Action {
-        match self {
-            StepRef::Node { action, .. } | StepRef::Gate { action, .. } => action,
-        }
-    }
 }
 
 /// How a DNS step changes the ServiceLB record. The planner decides it from the plan's
