@@ -7,23 +7,27 @@ use std::time::Duration;
 /// Reads `90s`, `15m`, `8h`, `1h 30m` (any spelling jiff's friendly format accepts).
 /// Zero is a duration here; [`parse_positive`] is for the settings where it is not.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    if trimmed.trim_end_matches(['s', 'm', 'h']).trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let parsed: jiff::SignedDuration = trimmed.parse().map_err(|e: jiff::Error| e.to_string())?;
-    Duration::try_from(parsed).map_err(|_| "it is negative".to_owned())
+    let signed = parse_signed(text)?;
+    Duration::try_from(signed).map_err(|_| "it is negative".to_owned())
 }
 
 /// As [`parse`], for a timeout or an interval: zero would mean "give up at once" or "spin",
 /// never what a plan means.
 pub fn parse_positive(text: &str) -> Result<Duration, String> {
-    match parse(text) {
-        Ok(d) if d.is_zero() => Err("it must be longer than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) if e == "it is negative" => Err("it must be longer than zero".into()),
-        Err(e) => Err(e),
+    let signed = parse_signed(text)?;
+    if signed.is_negative() || signed.is_zero() {
+        return Err("it must be longer than zero".into());
     }
+    Duration::try_from(signed).map_err(|e| e.to_string())
+}
+
+/// The text as a signed duration; a bare `0` (with or without a unit) is zero.
+fn parse_signed(text: &str) -> Result<jiff::SignedDuration, String> {
+    let trimmed = text.trim();
+    if trimmed.trim_end_matches(['s', 'm', 'h']).trim() == "0" {
+        return Ok(jiff::SignedDuration::ZERO);
+    }
+    trimmed.parse().map_err(|e: jiff::Error| e.to_string())
 }
 
 /// A length of time for a report: `45s`, `12m 30s`, `1h 05m` (seconds dropped past an hour,
