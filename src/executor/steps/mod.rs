@@ -161,6 +161,11 @@ impl Context {
         node::cordoned_before(&self.finished_detail(&crate::planner::node_step_id(node, Action::Cordon)))
     }
 
+    /// Whether the step's batch leaves nodes cordoned before the rollout alone.
+    fn skips_cordoned_nodes(&self, step: &Step) -> bool {
+        self.batch(step).is_some_and(|b| b.settings.already_cordoned == AlreadyCordonedPolicy::Skip)
+    }
+
     /// Whether the step is its node's first.
     fn starts_chain(&self, step: &Step) -> bool {
         step.node.as_ref().and_then(|n| self.chain_starts.get(n)) == Some(&step.id)
@@ -169,8 +174,7 @@ impl Context {
     /// Whether the step's node is left alone: its batch skips nodes cordoned before the
     /// rollout, and the node was (as its first step journaled before acting).
     fn skips(&self, step: &Step, detail: &Value) -> bool {
-        let policy = self.batch(step).map(|b| b.settings.already_cordoned);
-        if policy != Some(AlreadyCordonedPolicy::Skip) {
+        if !self.skips_cordoned_nodes(step) {
             return false;
         }
         let Some(first) = step.node.as_ref().and_then(|n| self.chain_starts.get(n)) else { return false };
@@ -206,9 +210,9 @@ pub(super) fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Reads what a resume will need to judge the step, before it acts. The first step of a
-/// node and its cordon also record whether the node was cordoned already: after noderoll's
-/// own cordon, the node can no longer tell.
+/// Reads what a resume will need to judge the step, before it acts. A node's cordon (and,
+/// in a batch that skips cordoned nodes, its first step) also records whether the node was
+/// cordoned already: after noderoll's own cordon, the node can no longer tell.
 pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
     let Some(node) = step.node.as_deref() else { return Ok(Value::Null) };
     let detail = match step.action {
@@ -217,7 +221,7 @@ pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
         Action::DnsWithdraw | Action::DnsRepoint => dns::before_change(ctx).await?,
         _ => Value::Null,
     };
-    if ctx.starts_chain(step) || step.action == Action::Cordon {
+    if step.action == Action::Cordon || (ctx.starts_chain(step) && ctx.skips_cordoned_nodes(step)) {
         return node::with_cordon_state(ctx, node, detail).await;
     }
     Ok(detail)
