@@ -16,6 +16,9 @@ pub const HALTED: i32 = 4;
 pub const LOCKED: i32 = 5;
 /// The journal belongs to a different version of the plan (or is damaged).
 pub const JOURNAL_MISMATCH: i32 = 6;
+/// The rollout went through every node, but some failed within their batch's
+/// `maxFailures` and are left cordoned; running `apply` again retries them.
+pub const NODES_FAILED: i32 = 7;
 /// The rollout was interrupted (SIGINT / SIGTERM); running `apply` again resumes.
 pub const INTERRUPTED: i32 = 130;
 

@@ -62,7 +62,10 @@ fn describe(event: &Event) -> Option<String> {
             running.len(),
             running.join(", ")
         ),
-        Event::Finished { seconds, nodes } => format!("finished: {nodes} node(s) in {}", elapsed(*seconds)),
+        Event::Finished { seconds, nodes, failed, cordoned } => finished(*nodes, *seconds, failed, cordoned),
+        Event::NodeFailed { node, batch, spent, budget, .. } => format!(
+            "  given up: {node}, which stays where it failed; batch `{batch}` goes on ({spent} of its maxFailures {budget} spent)"
+        ),
         Event::WaitingForWindow { opens, nodes_left, cordoned } => format!(
             "outside the maintenance window: {nodes_left} node(s) left, waiting until {opens}{}",
             left_cordoned(cordoned)
@@ -92,6 +95,22 @@ fn halted(failed: &[crate::executor::event::Failure], cordoned: &[String], next:
         text.push_str(&format!("  left cordoned: {}\n", cordoned.join(", ")));
     }
     text.push_str(&format!("  next: {next}"));
+    text
+}
+
+fn finished(nodes: usize, seconds: f64, failed: &[crate::executor::event::Failure], cordoned: &[String]) -> String {
+    let mut text = format!("finished: {nodes} node(s) in {}", elapsed(seconds));
+    if failed.is_empty() {
+        return text;
+    }
+    text.push_str(&format!(", {} of them failed within their batch's maxFailures\n", failed.len()));
+    for f in failed {
+        text.push_str(&format!("  {}: {}\n", f.step, f.error));
+    }
+    if !cordoned.is_empty() {
+        text.push_str(&format!("  left cordoned: {}\n", cordoned.join(", ")));
+    }
+    text.push_str("  next: fix the failed nodes, then run the same apply command again: it retries only them");
     text
 }
 

@@ -476,6 +476,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
     let last = match replay.records.last() {
         Some(Record::Finished { .. }) => "finished",
         Some(Record::Halted { .. }) => "halted",
+        Some(Record::Incomplete { .. }) => "incomplete: every node was tried, and the failed ones wait to be retried",
         Some(Record::Interrupted { .. }) => "interrupted",
         Some(Record::Paused { .. }) => "paused until the next window",
         _ => "running or killed",

@@ -86,6 +86,20 @@ pub enum Event {
         /// The change in nsupdate syntax.
         change: String,
     },
+    /// A node's step failed within its batch's `maxFailures`: the node is left where it is
+    /// (cordoned) and the batch goes on without it.
+    NodeFailed {
+        /// The node.
+        node: String,
+        /// Its batch.
+        batch: String,
+        /// The step that failed.
+        step: String,
+        /// Failures of the batch so far, this one included.
+        spent: usize,
+        /// The batch's `maxFailures`.
+        budget: usize,
+    },
     /// A node went through its whole chain.
     NodeDone {
         /// The node.
@@ -131,12 +145,17 @@ pub enum Event {
         /// Steps that were running.
         running: Vec<String>,
     },
-    /// Every step is done.
+    /// The run went through every node: each is done, or failed within its batch's
+    /// `maxFailures` (then `failed` names the steps and `cordoned` the nodes left cordoned).
     Finished {
         /// Real seconds this run took.
         seconds: f64,
         /// Nodes in the plan.
         nodes: usize,
+        /// Steps that failed within a failure budget; empty when every node is done.
+        failed: Vec<Failure>,
+        /// Nodes left cordoned.
+        cordoned: Vec<String>,
     },
 }
 

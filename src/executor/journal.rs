@@ -93,6 +93,14 @@ pub enum Record {
         /// When the next window opens.
         opens: String,
     },
+    /// The run went through every node, but some failed within their batch's
+    /// `maxFailures`; the next run retries them.
+    Incomplete {
+        /// When.
+        at: String,
+        /// The failed steps.
+        reason: String,
+    },
     /// Every step is done.
     Finished {
         /// When.
@@ -227,7 +235,7 @@ impl Replay {
                 self.approved.insert(node.clone());
             }
             Record::Finished { .. } => self.complete = true,
-            Record::Halted { .. } | Record::Interrupted { .. } | Record::Paused { .. } => {}
+            Record::Halted { .. } | Record::Incomplete { .. } | Record::Interrupted { .. } | Record::Paused { .. } => {}
         }
         self.records.push(record);
     }

@@ -4,9 +4,10 @@
 //!
 //! Safety comes from the order of writes: a step's start is fsync'd to the journal before
 //! it acts and its finish after, so a run killed at any instant resumes by skipping what is
-//! finished and acting again (idempotently) on what was in flight. On a failure no new node
-//! is started, nodes already out of service finish their chains, and the failed node stays
-//! cordoned, with the journal and the halt report saying so.
+//! finished and acting again (idempotently) on what was in flight. On a failure beyond the
+//! batch's `maxFailures` no new node is started, nodes already out of service finish their
+//! chains, and the failed node stays cordoned, with the journal and the halt report saying
+//! so; a failure within it leaves only that node cordoned and the run goes on.
 //!
 //! The runner is handed a [`Rollout`]: the plan and the step graph planned against the
 //! cluster before the run begins, as a test runner is handed its test list. It does not
@@ -134,6 +135,13 @@ pub enum Outcome {
         /// Nodes left cordoned.
         cordoned: Vec<String>,
     },
+    /// Every node was tried, and some failed within their batch's `maxFailures`.
+    Incomplete {
+        /// What failed.
+        failed: Vec<Failure>,
+        /// Nodes left cordoned.
+        cordoned: Vec<String>,
+    },
     /// SIGINT or SIGTERM.
     Interrupted,
     /// The maintenance window closed (or was not open) and the nodes in progress are done;
@@ -152,6 +160,7 @@ impl Outcome {
         match self {
             Outcome::Finished => Ending::Finished,
             Outcome::Halted { .. } => Ending::Halted,
+            Outcome::Incomplete { .. } => Ending::Incomplete,
             Outcome::Interrupted => Ending::Interrupted,
             Outcome::Paused { .. } => Ending::Paused,
         }
@@ -166,6 +175,8 @@ pub enum Ending {
     Finished,
     /// A step failed.
     Halted,
+    /// Every node was tried; some failed within their batch's `maxFailures`.
+    Incomplete,
     /// SIGINT or SIGTERM.
     Interrupted,
     /// The maintenance window closed with nodes left.
@@ -178,6 +189,7 @@ impl Ending {
         match self {
             Ending::Finished => exit_code::SUCCESS,
             Ending::Halted => exit_code::HALTED,
+            Ending::Incomplete => exit_code::NODES_FAILED,
             Ending::Interrupted => exit_code::INTERRUPTED,
             // A scheduled run that ends with its window did what it was started for.
             Ending::Paused => exit_code::SUCCESS,
@@ -190,6 +202,7 @@ impl std::fmt::Display for Ending {
         f.write_str(match self {
             Ending::Finished => "finished",
             Ending::Halted => "halted",
+            Ending::Incomplete => "incomplete",
             Ending::Interrupted => "interrupted",
             Ending::Paused => "paused",
         })

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::dispatch::Dispatch;
+use super::dispatch::{Dispatch, Verdict};
 use super::event::{BatchSize, Event, Failure, Observer};
 use super::journal::{self, JournalError, Record, Replay};
 use super::journal_store::Store;
@@ -151,7 +151,12 @@ impl Runner<'_> {
             }
             let waiting_for = closed.filter(|_| launch.held && !dispatch.halting());
             if running.is_empty() {
-                let Some(opens) = waiting_for else { break };
+                let Some(opens) = waiting_for else {
+                    if let Some(stall) = dispatch.stalled() {
+                        dispatch.fail(stall);
+                    }
+                    break;
+                };
                 let cordoned = dispatch.cordoned(|node| ctx.cordoned_before(node));
                 if options.windows == WindowMode::Pause && window_seen {
                     append(&journal, &Record::Paused { at: journal::now(), opens: opens.to_string() }).await?;
@@ -207,7 +212,15 @@ impl Runner<'_> {
                             let message = error.to_string();
                             append(&journal, &Record::StepFailed { at: journal::now(), step: step.id.clone(), error: message.clone() }).await?;
                             observer.event(&Event::StepFailed { step: step.id.clone(), node: step.node.clone(), error: message.clone() });
-                            dispatch.fail(Failure { step: step.id.clone(), error: message });
+                            if let Verdict::Tolerated { spent, budget } = dispatch.fail_step(index, Failure { step: step.id.clone(), error: message }) {
+                                observer.event(&Event::NodeFailed {
+                                    node: step.node.clone().unwrap_or_default(),
+                                    batch: step.batch.clone().unwrap_or_default(),
+                                    step: step.id.clone(),
+                                    spent,
+                                    budget,
+                                });
+                            }
                         }
                     }
                 }
@@ -234,16 +247,26 @@ impl Runner<'_> {
                 }
             }
         }
-        if dispatch.finished() {
-            append(&journal, &Record::Finished { at: journal::now() }).await?;
-            observer
-                .event(&Event::Finished { seconds: run_started.elapsed().as_secs_f64(), nodes: planned.chains.len() });
-            return Ok(Outcome::Finished);
-        }
         let cordoned = dispatch.cordoned(|node| ctx.cordoned_before(node));
         let failures = dispatch.failures().to_vec();
-        let reason = failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
-        append(&journal, &Record::Halted { at: journal::now(), reason }).await?;
+        if dispatch.complete() {
+            let record = match failures.is_empty() {
+                true => Record::Finished { at: journal::now() },
+                false => Record::Incomplete { at: journal::now(), reason: reason(&failures) },
+            };
+            append(&journal, &record).await?;
+            observer.event(&Event::Finished {
+                seconds: run_started.elapsed().as_secs_f64(),
+                nodes: planned.chains.len(),
+                failed: failures.clone(),
+                cordoned: cordoned.clone(),
+            });
+            return Ok(match failures.is_empty() {
+                true => Outcome::Finished,
+                false => Outcome::Incomplete { failed: failures, cordoned },
+            });
+        }
+        append(&journal, &Record::Halted { at: journal::now(), reason: reason(&failures) }).await?;
         observer.event(&Event::Halted {
             failed: failures.clone(),
             cordoned: cordoned.clone(),
@@ -270,6 +293,11 @@ fn window_gate(ctx: &Context) -> Gate {
         Some(WindowState::Closed { opens }) => Gate::Closed { opens },
         None => Gate::Never,
     }
+}
+
+/// The failures as the journal's end record gives them.
+fn reason(failures: &[Failure]) -> String {
+    failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ")
 }
 
 async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<(), JournalError> {

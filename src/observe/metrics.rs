@@ -23,7 +23,8 @@ use crate::executor::node_state::NodeState;
 type Labels = Vec<(String, String)>;
 
 /// Rollout states; exactly one is 1. Spelled as the node states are (`NodeState::name`).
-const ROLLOUT_STATES: [&str; 6] = ["running", "waiting-for-window", "paused", "halted", "interrupted", "finished"];
+const ROLLOUT_STATES: [&str; 7] =
+    ["running", "waiting-for-window", "paused", "halted", "interrupted", "incomplete", "finished"];
 
 /// The rollout's metrics, fed by its events.
 pub struct Metrics {
@@ -173,7 +174,8 @@ impl Observer for Metrics {
             Event::Paused { .. } => self.set_state("paused"),
             Event::Halted { .. } => self.set_state("halted"),
             Event::Interrupted { .. } => self.set_state("interrupted"),
-            Event::Finished { .. } => self.set_state("finished"),
+            Event::Finished { failed, .. } if failed.is_empty() => self.set_state("finished"),
+            Event::Finished { .. } => self.set_state("incomplete"),
             _ => {}
         }
         self.publish_nodes(&t);

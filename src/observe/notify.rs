@@ -130,6 +130,18 @@ impl Notifier {
                     running.len()
                 ),
             ),
+            Event::Finished { nodes, failed, cordoned, .. } if !failed.is_empty() => {
+                let why = failed.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
+                let left = if cordoned.is_empty() { "none".to_owned() } else { cordoned.join(", ") };
+                let upgraded = nodes.saturating_sub(failed.len());
+                (
+                    NotifyEvent::Finished,
+                    format!(
+                        "rollout `{plan}` went through its {nodes} node(s): {upgraded} upgraded, {} FAILED within their batch's maxFailures. {why}. Left cordoned: {left}. Next: fix them and run apply again",
+                        failed.len()
+                    ),
+                )
+            }
             Event::Finished { nodes, .. } => {
                 (NotifyEvent::Finished, format!("rollout `{plan}` finished: {nodes} node(s) upgraded"))
             }

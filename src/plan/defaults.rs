@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::model::{AlreadyCordonedPolicy, HealthScope, SessionTimeoutPolicy, UncordonPolicy, WindowEndPolicy};
-use super::resolved::MaxUnavailable;
+use super::resolved::NodeShare;
 use crate::labels;
 
 /// `defaults.drain.timeout`.
@@ -60,7 +60,9 @@ pub const TIMEZONE: &str = "UTC";
 /// `window.onWindowEnd`.
 pub const ON_WINDOW_END: WindowEndPolicy = WindowEndPolicy::Finish;
 /// `batches[].maxUnavailable`: one node at a time, the cautious rollout.
-pub const MAX_UNAVAILABLE: MaxUnavailable = MaxUnavailable::Count(1);
+pub const MAX_UNAVAILABLE: NodeShare = NodeShare::Count(1);
+/// `batches[].maxFailures`: the first failed node halts the rollout.
+pub const MAX_FAILURES: NodeShare = NodeShare::Count(0);
 
 /// Each default as docs/plan-reference.md shows it: the section heading's path, the field
 /// and the value as a plan would write it.
@@ -72,10 +74,6 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
     fn word(value: impl serde::Serialize) -> String {
         serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
     }
-    let max_unavailable = match MAX_UNAVAILABLE {
-        MaxUnavailable::Count(n) => n.to_string(),
-        MaxUnavailable::Percent(p) => format!("{p}%"),
-    };
     vec![
         ("spec.loadBalancer", "bgp.nodeLabel", BGP_LABEL.into()),
         ("spec.loadBalancer", "l2.leaseNamespace", L2_LEASE_NAMESPACE.into()),
@@ -101,7 +99,8 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
         ("spec.health", "previousBatchReady", PREVIOUS_BATCH_READY.to_string()),
         ("spec.health", "timeout", written(HEALTH_TIMEOUT)),
         ("spec.health", "interval", written(HEALTH_INTERVAL)),
-        ("spec.batches", "maxUnavailable", max_unavailable),
+        ("spec.batches", "maxUnavailable", MAX_UNAVAILABLE.written()),
+        ("spec.batches", "maxFailures", MAX_FAILURES.written()),
     ]
 }
 

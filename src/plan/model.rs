@@ -590,7 +590,13 @@ pub struct Batch {
     /// percentage of the batch (`"25%"`, rounded down, at least 1). Default: `1`.
     #[serde(default)]
     #[schemars(with = "Option<MaxUnavailableSchema>")]
-    pub max_unavailable: Option<Spanned<MaxUnavailable>>,
+    pub max_unavailable: Option<Spanned<NodeCount>>,
+    /// How many of the batch's nodes may fail before the rollout halts: a count (`2`) or a
+    /// percentage of the batch (`"5%"`, rounded down). A failed node is left cordoned and
+    /// named, and the batch goes on without it. Default: `0` (the first failure halts).
+    #[serde(default)]
+    #[schemars(with = "Option<MaxFailuresSchema>")]
+    pub max_failures: Option<Spanned<NodeCount>>,
     /// Batches that must finish before this one starts. Default: the previous batch.
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
@@ -623,38 +629,39 @@ pub enum Role {
     Workstation,
 }
 
-/// `maxUnavailable` as written: a count or a percentage string.
+/// A number of a batch's nodes as written (`maxUnavailable`, `maxFailures`): a count or a
+/// percentage string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MaxUnavailable {
+pub enum NodeCount {
     /// A number of nodes.
     Count(i64),
     /// A string, expected to be `N%`; checked by validation.
     Text(String),
 }
 
-impl<'de> Deserialize<'de> for MaxUnavailable {
+impl<'de> Deserialize<'de> for NodeCount {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
-            type Value = MaxUnavailable;
+            type Value = NodeCount;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a node count such as 2 or a percentage such as \"25%\"")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(MaxUnavailable::Count(v))
+                Ok(NodeCount::Count(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(MaxUnavailable::Count(i64::try_from(v).unwrap_or(i64::MAX)))
+                Ok(NodeCount::Count(i64::try_from(v).unwrap_or(i64::MAX)))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(MaxUnavailable::Text(v.to_owned()))
+                Ok(NodeCount::Text(v.to_owned()))
             }
         }
         deserializer.deserialize_any(Visitor)
     }
 }
 
-/// JSON Schema stand-in for [`MaxUnavailable`].
+/// JSON Schema stand-in for `maxUnavailable`.
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code, reason = "exists only to describe the schema")]
@@ -662,6 +669,17 @@ enum MaxUnavailableSchema {
     /// A number of nodes, at least 1.
     Count(#[schemars(range(min = 1))] u32),
     /// A percentage of the batch, `1%` to `100%`.
+    Percent(#[schemars(regex(pattern = r"^[0-9]+%$"))] String),
+}
+
+/// JSON Schema stand-in for `maxFailures`.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "exists only to describe the schema")]
+enum MaxFailuresSchema {
+    /// A number of nodes, 0 or more.
+    Count(u32),
+    /// A percentage of the batch, `0%` to `100%`.
     Percent(#[schemars(regex(pattern = r"^[0-9]+%$"))] String),
 }
 

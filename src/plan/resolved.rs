@@ -250,7 +250,9 @@ pub struct BatchPlan {
     /// Which nodes.
     pub members: Members,
     /// How many may be out of service at once.
-    pub max_unavailable: MaxUnavailable,
+    pub max_unavailable: NodeShare,
+    /// How many may fail before the rollout halts.
+    pub max_failures: NodeShare,
     /// Indices of the batches that must finish first.
     pub after: Vec<usize>,
     /// Effective step settings (defaults merged with this batch's overrides).
@@ -266,24 +268,36 @@ pub enum Members {
     Selector(Selector),
 }
 
-/// A validated `maxUnavailable`.
+/// A validated number of a batch's nodes (`maxUnavailable`, `maxFailures`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MaxUnavailable {
-    /// A count, at least 1.
+pub enum NodeShare {
+    /// A count.
     Count(u32),
-    /// A percentage of the batch, 1..=100.
+    /// A percentage of the batch, 0..=100.
     Percent(u32),
 }
 
-impl MaxUnavailable {
-    /// The number of nodes this allows for a batch of `size` nodes: percentages round down,
-    /// but never below one (a batch must be able to make progress), never above `size`.
-    pub fn resolve(self, size: usize) -> usize {
-        let n = match self {
-            MaxUnavailable::Count(n) => n as usize,
-            MaxUnavailable::Percent(p) => size * p as usize / 100,
-        };
-        n.max(1).min(size.max(1))
+impl NodeShare {
+    /// The number of nodes this is of a batch of `size`: percentages round down.
+    pub fn of(self, size: usize) -> usize {
+        match self {
+            NodeShare::Count(n) => n as usize,
+            NodeShare::Percent(p) => size * p as usize / 100,
+        }
+    }
+
+    /// As `maxUnavailable`: never below one (a batch must be able to make progress), never
+    /// above `size`.
+    pub fn lanes(self, size: usize) -> usize {
+        self.of(size).max(1).min(size.max(1))
+    }
+
+    /// As a plan writes it: `2` or `25%`.
+    pub fn written(self) -> String {
+        match self {
+            NodeShare::Count(n) => n.to_string(),
+            NodeShare::Percent(p) => format!("{p}%"),
+        }
     }
 }
 

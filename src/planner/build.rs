@@ -66,6 +66,8 @@ pub struct PlannedBatch {
     pub nodes: Vec<String>,
     /// Resolved maxUnavailable (lanes).
     pub lanes: usize,
+    /// Resolved maxFailures: nodes that may fail before the rollout halts.
+    pub max_failures: usize,
     /// Names of the batches it waits for.
     pub after: Vec<String>,
 }
@@ -306,7 +308,8 @@ fn resolve_batches(plan: &Plan, inventory: Option<&Inventory>) -> Result<Vec<Pla
             Ok(PlannedBatch {
                 name: b.name.clone(),
                 role: b.role,
-                lanes: b.max_unavailable.resolve(nodes.len()),
+                lanes: b.max_unavailable.lanes(nodes.len()),
+                max_failures: b.max_failures.of(nodes.len()),
                 nodes,
                 after: b.after.iter().map(|&a| plan.batches[a].name.clone()).collect(),
             })

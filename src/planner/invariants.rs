@@ -88,7 +88,7 @@ pub fn violations(plan: &Plan, graph: &StepGraph) -> Vec<String> {
                 intervals.push(Interval { node: node.clone(), start: cordon, end: uncordon });
             }
         }
-        let limit = batch.max_unavailable.resolve(nodes.len());
+        let limit = batch.max_unavailable.lanes(nodes.len());
         let at_once = max_concurrent(graph, &intervals);
         if at_once > limit {
             out.push(format!(

@@ -16,12 +16,15 @@ use crate::plan::duration::elapsed;
 use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
 use crate::plan::resolved::DnsProviderPlan;
 
-/// The JSON contract: `{"plan", "steps": [{"id", "node", "batch", "action", "after"}],
-/// "survey"?, "windows"?}`.
+/// The JSON contract: `{"plan", "batches": [{"name", "role", "nodes", "maxUnavailable",
+/// "maxFailures"}], "steps": [{"id", "node", "batch", "action", "after"}], "survey"?,
+/// "windows"?}`.
 #[derive(Debug, Serialize)]
 pub struct JsonPreview<'a> {
     /// The plan's name.
     pub plan: &'a str,
+    /// Every batch with its resolved limits.
+    pub batches: Vec<JsonBatch<'a>>,
     /// Every step and gate.
     pub steps: Vec<JsonStep<'a>>,
     /// What the rollout meets in the cluster, when previewed against one.
@@ -30,6 +33,22 @@ pub struct JsonPreview<'a> {
     /// The next maintenance windows and how many the rollout needs, for a plan with a window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub windows: Option<&'a Schedule>,
+}
+
+/// One batch in the JSON contract: its limits as resolved for its node count.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonBatch<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// `service` or `workstation`.
+    pub role: &'static str,
+    /// How many nodes it has.
+    pub nodes: usize,
+    /// Nodes out of service at once.
+    pub max_unavailable: usize,
+    /// Nodes that may fail before the rollout halts.
+    pub max_failures: usize,
 }
 
 /// One step in the JSON contract.
@@ -69,7 +88,18 @@ pub fn json(
             target: s.target.as_deref(),
         })
         .collect();
-    serde_json::to_string_pretty(&JsonPreview { plan: &plan.name, steps, survey, windows })
+    let batches = planned
+        .batches
+        .iter()
+        .map(|b| JsonBatch {
+            name: &b.name,
+            role: role_name(b.role),
+            nodes: b.nodes.len(),
+            max_unavailable: b.lanes,
+            max_failures: b.max_failures,
+        })
+        .collect();
+    serde_json::to_string_pretty(&JsonPreview { plan: &plan.name, batches, steps, survey, windows })
 }
 
 /// Graphviz DOT: one cluster per batch, one box per step.
@@ -173,9 +203,13 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
     for batch in &planned.batches {
         let after =
             if batch.after.is_empty() { "start".to_owned() } else { format!("after {}", batch.after.join(", ")) };
+        let failures = match batch.max_failures {
+            0 => String::new(),
+            n => format!(", up to {n} may fail and be left cordoned"),
+        };
         let _ = writeln!(
             out,
-            "\nbatch {} ({}, {} node(s), {} at a time, {after})",
+            "\nbatch {} ({}, {} node(s), {} at a time, {after}{failures})",
             batch.name,
             role_name(batch.role),
             batch.nodes.len(),

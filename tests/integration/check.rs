@@ -17,6 +17,8 @@ const INVALID: &[(&str, u64, u64, &str)] = &[
     ("invalid-cron", 12, 11, "`0 25 * * 5` is not a valid cron expression"),
     ("invalid-plan-name", 4, 9, "`Studio_Plan` is not a valid plan name"),
     ("manual-dns-without-resolvers", 11, 9, "the manual and command DNS providers need `resolvers`"),
+    ("max-failures-negative", 18, 20, "maxFailures -1 is below 0"),
+    ("max-failures-over-100-percent", 18, 20, "maxFailures 120% is over 100%"),
     ("max-unavailable-not-a-number", 18, 23, "maxUnavailable `lots` is neither a count nor a percentage"),
     ("max-unavailable-over-100-percent", 18, 23, "maxUnavailable 150% is over 100%"),
     ("max-unavailable-wrong-type", 18, 7, "invalid type: sequence, expected a node count"),

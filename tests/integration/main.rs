@@ -14,6 +14,7 @@ mod prometheus;
 mod quorum;
 mod real_cordoned;
 mod real_drain;
+mod real_failures;
 mod real_outage;
 mod real_preview;
 mod real_rbac;

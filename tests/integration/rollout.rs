@@ -170,6 +170,56 @@ fn a_budget_that_never_allows_eviction_halts_at_once_with_the_pdb_named_and_the_
 }
 
 #[test]
+fn a_node_that_fails_within_max_failures_is_left_cordoned_and_the_rest_is_upgraded() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let dir = sim.dir.path();
+    // The hook fails for a node with a `broken-NODE` file in the test's directory.
+    let text = format!(
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: budget}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    upgrade:\n      command: [sh, -c, 'if test -e \"$0/broken-$1\"; then echo \"disk of $1 is broken\" >&2; exit 1; fi; exec noderoll sim ctl upgrade \"$1\" --kubelet-version v1.31.4+k3s1', \"{}\", \"{{node}}\"]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02, ws03, ws04, ws05, ws06], maxUnavailable: 2, maxFailures: 1}}\n",
+        dir.display()
+    );
+    let plan = dir.join("budget.yaml");
+    std::fs::write(&plan, text).expect("write plan");
+    let broken = dir.join("broken-ws03");
+    std::fs::write(&broken, "").expect("break ws03");
+
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 7, "every node tried, one failed within the budget: {stderr}");
+    let given_up = events.iter().find(|e| e["event"] == "node-failed").expect("a node-failed event");
+    assert_eq!(
+        (given_up["node"].as_str(), given_up["spent"].as_u64(), given_up["budget"].as_u64()),
+        (Some("ws03"), Some(1), Some(1))
+    );
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "finished", "{last}");
+    assert_eq!(last["failed"][0]["step"], "ws03/upgrade", "{last}");
+    assert!(
+        last["failed"][0]["error"].as_str().unwrap_or_default().contains("the upgrade hook of ws03 failed"),
+        "{last}"
+    );
+    let log = std::fs::read_to_string(dir.join(".noderoll/budget.logs/ws03/upgrade.log")).expect("the hook's log");
+    assert!(log.contains("disk of ws03 is broken"), "{log}");
+    assert_eq!(last["cordoned"], serde_json::json!(["ws03"]));
+    // The nodes after ws03 in its lane went on: all but ws03 are done.
+    assert_eq!(events.iter().filter(|e| e["event"] == "node-done").count(), 8);
+    let shown = sim.kubectl_ok(&["get", "node", "ws03", "-o", "jsonpath={.spec.unschedulable}"]);
+    assert_eq!(shown, "true", "the failed node stays cordoned");
+    let status = noderoll().args(["status", "--output", "json"]).arg(&plan).assert().success();
+    let status: Value = serde_json::from_slice(&status.get_output().stdout).expect("JSON");
+    assert!(status["summary"]["last"].as_str().unwrap_or_default().starts_with("incomplete"), "{status}");
+    assert_eq!((status["summary"]["done"].as_u64(), status["summary"]["failed"].as_u64()), (Some(8), Some(1)));
+
+    // Mended, apply retries only ws03.
+    std::fs::remove_file(&broken).expect("mend ws03");
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let started: Vec<&str> =
+        events.iter().filter(|e| e["event"] == "step-started").filter_map(|e| e["node"].as_str()).collect();
+    assert!(!started.is_empty() && started.iter().all(|n| *n == "ws03"), "only ws03 is retried: {started:?}");
+    sim.assert_upgraded_once(9);
+}
+
+#[test]
 fn api_faults_and_a_short_outage_do_not_stop_a_rollout() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
     let plan = plan(sim.dir.path(), "faulty", "");

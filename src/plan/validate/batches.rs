@@ -10,7 +10,7 @@ use super::layers::Layer;
 use super::{Checker, HOOK_PLACEHOLDERS, closest};
 use crate::plan::defaults;
 use crate::plan::model::{self, Batch, Role};
-use crate::plan::resolved::{BatchPlan, MaxUnavailable, Members, Settings, UpgradePlan};
+use crate::plan::resolved::{BatchPlan, Members, NodeShare, Settings, UpgradePlan};
 use crate::plan::selector::is_dns_subdomain;
 
 impl Checker<'_> {
@@ -26,7 +26,7 @@ impl Checker<'_> {
     pub(super) fn batches(
         &mut self,
         raw: &Spanned<Vec<Batch>>,
-        limits: &[Option<MaxUnavailable>],
+        limits: &[Option<NodeShare>],
         defaults: &Layer,
     ) -> Vec<BatchPlan> {
         if raw.value.is_empty() {
@@ -150,7 +150,7 @@ impl Checker<'_> {
     fn batch(
         &mut self,
         b: &Batch,
-        max_unavailable: Option<MaxUnavailable>,
+        max_unavailable: Option<NodeShare>,
         after: Vec<usize>,
         defaults: &Layer,
     ) -> Option<BatchPlan> {
@@ -194,7 +194,8 @@ impl Checker<'_> {
         };
         let layer = self.layer(defaults, b.into());
         let upgrade = self.upgrade(b, &layer);
-        if let (Some(Members::Nodes(nodes)), Some(MaxUnavailable::Count(n))) = (&members, max_unavailable)
+        let max_failures = self.max_failures(b);
+        if let (Some(Members::Nodes(nodes)), Some(NodeShare::Count(n))) = (&members, max_unavailable)
             && !nodes.is_empty()
             && n as usize > nodes.len()
             && b.role == Role::Workstation
@@ -211,6 +212,7 @@ impl Checker<'_> {
             role: b.role,
             members: members?,
             max_unavailable: max_unavailable?,
+            max_failures: max_failures?,
             after,
             settings: Settings {
                 drain: layer.drain,
@@ -245,15 +247,32 @@ impl Checker<'_> {
     }
 
     /// `maxUnavailable`, read once: the batch and the quorum budget both use it.
-    pub(super) fn max_unavailable(&mut self, b: &Batch) -> Option<MaxUnavailable> {
-        let Some(m) = &b.max_unavailable else { return Some(defaults::MAX_UNAVAILABLE) };
-        match parse_max_unavailable(&m.value) {
+    pub(super) fn max_unavailable(&mut self, b: &Batch) -> Option<NodeShare> {
+        self.node_share(b.max_unavailable.as_ref(), "maxUnavailable", 1, defaults::MAX_UNAVAILABLE)
+    }
+
+    /// `maxFailures`: 0 or more.
+    fn max_failures(&mut self, b: &Batch) -> Option<NodeShare> {
+        self.node_share(b.max_failures.as_ref(), "maxFailures", 0, defaults::MAX_FAILURES)
+    }
+
+    /// A count of at least `least`, or a percentage from `least`% to 100%.
+    fn node_share(
+        &mut self,
+        written: Option<&Spanned<model::NodeCount>>,
+        field: &str,
+        least: u32,
+        default: NodeShare,
+    ) -> Option<NodeShare> {
+        let Some(m) = written else { return Some(default) };
+        match parse_node_share(&m.value, field, least) {
             Ok(v) => Some(v),
             Err(message) => {
+                let example = if least == 0 { "`0`, `2`" } else { "`2`" };
                 self.error(
                     m.referenced,
                     message,
-                    "write a node count of at least 1 (`2`) or a percentage from 1% to 100% (`\"25%\"`)",
+                    format!("write a node count of at least {least} ({example}) or a percentage from {least}% to 100% (`\"25%\"`)"),
                 );
                 None
             }
@@ -261,18 +280,22 @@ impl Checker<'_> {
     }
 }
 
-/// A count of at least 1, or `N%` with N from 1 to 100.
-fn parse_max_unavailable(value: &model::MaxUnavailable) -> Result<MaxUnavailable, String> {
+/// A count of at least `least`, or `N%` with N from `least` to 100.
+fn parse_node_share(value: &model::NodeCount, field: &str, least: u32) -> Result<NodeShare, String> {
+    let too_few = |written: String| match least {
+        1 => format!("{field} {written} would never take a node out of service"),
+        _ => format!("{field} {written} is below {least}"),
+    };
     match value {
-        model::MaxUnavailable::Count(n) if *n >= 1 => {
-            u32::try_from(*n).map(MaxUnavailable::Count).map_err(|_| format!("maxUnavailable {n} is too large"))
+        model::NodeCount::Count(n) if *n >= i64::from(least) => {
+            u32::try_from(*n).map(NodeShare::Count).map_err(|_| format!("{field} {n} is too large"))
         }
-        model::MaxUnavailable::Count(n) => Err(format!("maxUnavailable {n} would never take a node out of service")),
-        model::MaxUnavailable::Text(t) => match t.trim().strip_suffix('%').and_then(|p| p.trim().parse::<u32>().ok()) {
-            Some(p @ 1..=100) => Ok(MaxUnavailable::Percent(p)),
-            Some(0) => Err("maxUnavailable 0% would never take a node out of service".into()),
-            Some(p) => Err(format!("maxUnavailable {p}% is over 100%")),
-            None => Err(format!("maxUnavailable `{t}` is neither a count nor a percentage")),
+        model::NodeCount::Count(n) => Err(too_few(n.to_string())),
+        model::NodeCount::Text(t) => match t.trim().strip_suffix('%').and_then(|p| p.trim().parse::<u32>().ok()) {
+            Some(p) if p > 100 => Err(format!("{field} {p}% is over 100%")),
+            Some(p) if p >= least => Ok(NodeShare::Percent(p)),
+            Some(p) => Err(too_few(format!("{p}%"))),
+            None => Err(format!("{field} `{t}` is neither a count nor a percentage")),
         },
     }
 }

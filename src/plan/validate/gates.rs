@@ -8,7 +8,7 @@ use serde_saphyr::{Location, Spanned};
 use super::{Checker, HOOK_PLACEHOLDERS, is_url};
 use crate::plan::defaults;
 use crate::plan::model::{self, Batch, Role};
-use crate::plan::resolved::{EtcdPlan, HealthPlan, MaxUnavailable, QuorumPlan, UrlSource, WebhookPlan, WindowPlan};
+use crate::plan::resolved::{EtcdPlan, HealthPlan, NodeShare, QuorumPlan, UrlSource, WebhookPlan, WindowPlan};
 
 impl Checker<'_> {
     pub(super) fn quorum(&mut self, quorum: Option<&model::Quorum>) -> QuorumPlan {
@@ -54,10 +54,10 @@ impl Checker<'_> {
     pub(super) fn quorum_budget(
         &mut self,
         raw: &Spanned<Vec<Batch>>,
-        limits: &[Option<MaxUnavailable>],
+        limits: &[Option<NodeShare>],
         endpoints: Option<usize>,
     ) {
-        let service: Vec<(&Batch, MaxUnavailable)> = raw
+        let service: Vec<(&Batch, NodeShare)> = raw
             .value
             .iter()
             .zip(limits)
@@ -82,7 +82,7 @@ impl Checker<'_> {
         let budget = crate::plan::resolved::etcd_fault_tolerance(members);
         for (b, max_unavailable) in service {
             let size = b.nodes.as_ref().map_or(members, |n| n.value.len());
-            let at_once = max_unavailable.resolve(size);
+            let at_once = max_unavailable.lanes(size);
             if at_once > budget {
                 let at = b.max_unavailable.as_ref().map_or(b.name.referenced, |m| m.referenced);
                 let message = if budget == 0 {
