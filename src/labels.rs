@@ -31,6 +31,14 @@ pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 /// The recommended label naming the tool that manages an object.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
+/// noderoll's node label with the node's rollout phase, so that `kubectl get nodes -L
+/// noderoll.io/phase` shows a rollout at a glance.
+pub const PHASE: &str = "noderoll.io/phase";
+/// noderoll's node annotation naming the plan whose rollout has the node.
+pub const PLAN_ANNOTATION: &str = "noderoll.io/plan";
+/// noderoll's node annotation naming the step the node is at (or failed at).
+pub const STEP_ANNOTATION: &str = "noderoll.io/step";
+
 /// Whether a `LabelSelector` object (`matchLabels`, `matchExpressions`) selects `labels`.
 /// An empty selector selects everything; a missing one selects nothing, as for PDBs.
 pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {

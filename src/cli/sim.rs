@@ -204,6 +204,9 @@ pub enum CtlAction {
         /// Lose the answer to the next request whose `METHOD /path` starts with this, once.
         #[arg(long, value_name = "METHOD PATH")]
         lose_next_answer: Option<String>,
+        /// With --lose-next-answer: let this many matching requests through first.
+        #[arg(long, default_value_t = 0, requires = "lose_next_answer")]
+        lose_after: u32,
         /// Real delay added to every answer.
         #[arg(long, value_parser = duration, default_value = "0s")]
         latency: Duration,
@@ -272,6 +275,7 @@ async fn ctl(args: CtlArgs) -> Result<i32> {
             drop_rate,
             lost_answer_rate,
             lose_next_answer,
+            lose_after,
             latency,
             outage,
         } => (
@@ -285,6 +289,7 @@ async fn ctl(args: CtlArgs) -> Result<i32> {
                 latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
                 outage_ms: u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
                 lose_next_answer: lose_next_answer.clone(),
+                lose_after: *lose_after,
             })?,
         ),
         CtlAction::Advance { by } => {

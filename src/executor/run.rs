@@ -336,5 +336,8 @@ async fn run_step(
         steps::act(&ctx, &step, &detail, resumed).await
     }
     .await;
+    if result.is_err() {
+        steps::show_failed(&ctx, &step).await;
+    }
     (index, started.elapsed().as_secs_f64(), result)
 }

@@ -37,6 +37,14 @@ pub struct FaultSettings {
     /// a test wants one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lose_next_answer: Option<String>,
+    /// Requests matching `lose_next_answer` served normally before the one whose answer is
+    /// lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lose_after: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl FaultSettings {
@@ -103,8 +111,11 @@ impl Faults {
         }
         let request = format!("{method} {path}");
         if self.settings.lose_next_answer.as_ref().is_some_and(|p| request.starts_with(p.as_str())) {
-            self.settings.lose_next_answer = None;
-            return Verdict::LoseAnswer;
+            if self.settings.lose_after == 0 {
+                self.settings.lose_next_answer = None;
+                return Verdict::LoseAnswer;
+            }
+            self.settings.lose_after -= 1;
         }
         let s = &self.settings;
         if s.drop_rate == 0.0 && s.error_rate == 0.0 && s.throttle_rate == 0.0 && s.lost_answer_rate == 0.0 {
@@ -169,6 +180,19 @@ mod tests {
         assert_eq!(faults.verdict("POST", "/api/v1/namespaces/kube-system/configmaps"), Verdict::LoseAnswer);
         assert_eq!(faults.verdict("POST", "/api/v1/namespaces/kube-system/configmaps"), Verdict::Serve);
         assert_eq!(faults.settings().lose_next_answer, None);
+    }
+
+    #[test]
+    fn the_answer_lost_can_be_a_later_match() {
+        let mut faults = Faults::new(7);
+        faults.set(FaultSettings {
+            lose_next_answer: Some("PATCH /api/v1/nodes/cp1".into()),
+            lose_after: 1,
+            ..FaultSettings::default()
+        });
+        assert_eq!(faults.verdict("PATCH", "/api/v1/nodes/cp1"), Verdict::Serve);
+        assert_eq!(faults.verdict("PATCH", "/api/v1/nodes/cp1"), Verdict::LoseAnswer);
+        assert_eq!(faults.verdict("PATCH", "/api/v1/nodes/cp1"), Verdict::Serve);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A failure budget on the real control plane: a workstation whose upgrade fails within its
 //! batch's `maxFailures` is left cordoned on its old kubelet while the batch goes on; the
 //! failure beyond the next batch's budget halts the rollout before its last node starts;
-//! mended, `apply` retries only the failed nodes.
+//! mended, `apply` retries only the failed nodes. Each node's `noderoll.io/phase` label
+//! says where it stands: failed, queued, or nothing once it is done.
 
 use crate::control_plane::{ControlPlane, NEW_KUBELET, OLD_KUBELET, Shape, Studio, halted, plan};
 use crate::harness::{Cluster, apply_via, repo};
@@ -37,18 +38,23 @@ fn on_the_real_control_plane_a_failure_budget_leaves_the_failed_node_cordoned_an
     assert_eq!(halt["cordoned"], serde_json::json!(["ws02", "ws05"]), "{halt}");
 
     let field = |node: &str, path: &str| plane.kubectl_ok(&["get", "node", node, "-o", &format!("jsonpath={path}")]);
+    let phase =
+        |node: &str| field(node, "{.metadata.labels.noderoll\\.io/phase} {.metadata.annotations.noderoll\\.io/step}");
     let expected = [
-        ("ws01", "", NEW_KUBELET),
-        ("ws02", "true", OLD_KUBELET),
-        ("ws03", "", NEW_KUBELET),
-        ("ws04", "", NEW_KUBELET),
-        ("ws05", "true", OLD_KUBELET),
-        ("ws06", "", OLD_KUBELET),
+        ("ws01", "", NEW_KUBELET, ""),
+        ("ws02", "true", OLD_KUBELET, "failed ws02/upgrade"),
+        ("ws03", "", NEW_KUBELET, ""),
+        ("ws04", "", NEW_KUBELET, ""),
+        ("ws05", "true", OLD_KUBELET, "failed ws05/upgrade"),
+        ("ws06", "", OLD_KUBELET, "queued"),
     ];
-    for (node, unschedulable, kubelet) in expected {
+    for (node, unschedulable, kubelet, shown) in expected {
         assert_eq!(field(node, "{.spec.unschedulable}"), unschedulable, "{node}'s spec.unschedulable");
         assert_eq!(field(node, "{.status.nodeInfo.kubeletVersion}"), kubelet, "{node}'s kubelet");
+        assert_eq!(phase(node).trim(), shown, "{node}'s phase and step");
     }
+    let listed = plane.kubectl_ok(&["get", "nodes", "-L", "noderoll.io/phase", "--no-headers"]);
+    assert!(listed.lines().any(|l| l.starts_with("ws02 ") && l.trim_end().ends_with("failed")), "{listed}");
     let mut reboots = plane.reboots();
     reboots.sort();
     assert_eq!(reboots, ["ws01", "ws03", "ws04"], "the failed nodes were never rebooted, ws06 never started");
@@ -61,6 +67,7 @@ fn on_the_real_control_plane_a_failure_budget_leaves_the_failed_node_cordoned_an
     for node in ["ws01", "ws02", "ws03", "ws04", "ws05", "ws06"] {
         assert_eq!(field(node, "{.spec.unschedulable}"), "", "{node} is uncordoned");
         assert_eq!(field(node, "{.status.nodeInfo.kubeletVersion}"), NEW_KUBELET, "{node} is upgraded");
+        assert_eq!(phase(node).trim(), "", "{node}'s phase is removed at the end");
     }
     let mut reboots = plane.reboots();
     reboots.sort();

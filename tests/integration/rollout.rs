@@ -169,14 +169,40 @@ fn a_budget_that_never_allows_eviction_halts_at_once_with_the_pdb_named_and_the_
     sim.assert_upgraded_once(9);
 }
 
+/// Each node's `noderoll.io/phase` label and `noderoll.io/step` annotation, as
+/// `PHASE STEP` (empty where there are none).
+fn phases(sim: &SimProcess) -> std::collections::BTreeMap<String, String> {
+    let nodes = sim.nodes();
+    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .map(|n| {
+            let meta = &n["metadata"];
+            let shown = format!(
+                "{} {}",
+                meta["labels"]["noderoll.io/phase"].as_str().unwrap_or_default(),
+                meta["annotations"]["noderoll.io/step"].as_str().unwrap_or_default()
+            );
+            (meta["name"].as_str().unwrap_or_default().to_owned(), shown.trim().to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn a_node_that_fails_within_max_failures_is_left_cordoned_and_the_rest_is_upgraded() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
     let dir = sim.dir.path();
-    // The hook fails for a node with a `broken-NODE` file in the test's directory.
+    // The hook writes down the phase its node shows, then fails for a node with a
+    // `broken-NODE` file beside it.
+    let hook = dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        "node=$1; dir=$(dirname \"$0\")\nkubectl get node \"$node\" -o jsonpath='{.metadata.labels.noderoll\\.io/phase} {.metadata.annotations.noderoll\\.io/step}' > \"$dir/phase-$node\"\nif test -e \"$dir/broken-$node\"; then echo \"disk of $node is broken\" >&2; exit 1; fi\nexec noderoll sim ctl upgrade \"$node\" --kubelet-version v1.31.4+k3s1\n",
+    )
+    .expect("write the hook");
     let text = format!(
-        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: budget}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    upgrade:\n      command: [sh, -c, 'if test -e \"$0/broken-$1\"; then echo \"disk of $1 is broken\" >&2; exit 1; fi; exec noderoll sim ctl upgrade \"$1\" --kubelet-version v1.31.4+k3s1', \"{}\", \"{{node}}\"]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02, ws03, ws04, ws05, ws06], maxUnavailable: 2, maxFailures: 1}}\n",
-        dir.display()
+        "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: budget}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    upgrade:\n      command: [sh, \"{}\", \"{{node}}\"]\n      timeout: 1m\n    verify: {{kubeletVersion: v1.31.4+k3s1, readyTimeout: 1m}}\n  batches:\n    - {{name: control-plane, role: service, nodes: [cp1, cp2, cp3], maxUnavailable: 1}}\n    - {{name: workstations, role: workstation, nodes: [ws01, ws02, ws03, ws04, ws05, ws06], maxUnavailable: 2, maxFailures: 1}}\n",
+        hook.display()
     );
     let plan = dir.join("budget.yaml");
     std::fs::write(&plan, text).expect("write plan");
@@ -204,6 +230,12 @@ fn a_node_that_fails_within_max_failures_is_left_cordoned_and_the_rest_is_upgrad
     assert_eq!(events.iter().filter(|e| e["event"] == "node-done").count(), 8);
     let shown = sim.kubectl_ok(&["get", "node", "ws03", "-o", "jsonpath={.spec.unschedulable}"]);
     assert_eq!(shown, "true", "the failed node stays cordoned");
+    // Each node showed its phase while upgrading; only the failed one shows one now.
+    let during = std::fs::read_to_string(dir.join("phase-ws01")).expect("the hook ran on ws01");
+    assert_eq!(during, "upgrading ws01/upgrade");
+    let now = phases(&sim);
+    assert_eq!(now["ws03"], "failed ws03/upgrade");
+    assert!(now.iter().all(|(node, shown)| node == "ws03" || shown.is_empty()), "{now:?}");
     let status = noderoll().args(["status", "--output", "json"]).arg(&plan).assert().success();
     let status: Value = serde_json::from_slice(&status.get_output().stdout).expect("JSON");
     assert!(status["summary"]["last"].as_str().unwrap_or_default().starts_with("incomplete"), "{status}");
@@ -217,6 +249,7 @@ fn a_node_that_fails_within_max_failures_is_left_cordoned_and_the_rest_is_upgrad
         events.iter().filter(|e| e["event"] == "step-started").filter_map(|e| e["node"].as_str()).collect();
     assert!(!started.is_empty() && started.iter().all(|n| *n == "ws03"), "only ws03 is retried: {started:?}");
     sim.assert_upgraded_once(9);
+    assert!(phases(&sim).values().all(String::is_empty), "the phase is removed at the end: {:?}", phases(&sim));
 }
 
 #[test]
@@ -421,11 +454,12 @@ fn apply_finds_every_node_of_a_cluster_listed_in_pages() {
 #[test]
 fn a_lost_answer_to_an_eviction_or_a_cordon_is_retried_safely() {
     // Each write is carried out and its answer lost; the retry must find the pod gone or
-    // going, the node already cordoned, and go on.
-    for request in ["POST /api/v1/namespaces/juno/pods/", "PATCH /api/v1/nodes/cp1"] {
+    // going, the node already cordoned, and go on. cp1's first PATCH shows it queued when
+    // its batch begins; the second is its cordon.
+    for (request, after) in [("POST /api/v1/namespaces/juno/pods/", "0"), ("PATCH /api/v1/nodes/cp1", "1")] {
         let sim = SimProcess::start(&["--sessions-per-node", "0"]);
         let plan = plan(sim.dir.path(), "lost-answer", "");
-        sim.ctl(&["faults", "--lose-next-answer", request]).success();
+        sim.ctl(&["faults", "--lose-next-answer", request, "--lose-after", after]).success();
         let (code, _, stderr) = apply(&sim, &plan, &[]);
         assert_eq!(code, 0, "{request}: {stderr}");
         assert!(sim.state()["faults"]["loseNextAnswer"].is_null(), "{request}: the answer was lost");

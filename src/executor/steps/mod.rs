@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -24,6 +25,7 @@ pub use dns::{full_record, preflight as dns_preflight};
 pub use hook::HookSettings;
 pub(crate) use node::cordoned_before;
 
+use self::node::Phase;
 use super::event::{Event, Observer};
 use crate::plan::Plan;
 use crate::plan::model::AlreadyCordonedPolicy;
@@ -233,7 +235,10 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
     let node = step.node.as_deref().unwrap_or_default();
     let batch = ctx.batch(step);
     if ctx.skips(step, detail) {
-        return Ok(node::skipped(ctx, step));
+        return Ok(node::skipped(ctx, step).await);
+    }
+    if let Some(phase) = Phase::of(step.action) {
+        node::show_phase(ctx, node, Some(phase), Some(&step.id)).await;
     }
     let chain_start = ctx.starts_chain(step);
     if chain_start {
@@ -248,7 +253,8 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         gates::etcd_before_leaving(ctx, step).await?;
     }
     match (step.action, batch) {
-        (Action::BatchStart | Action::BatchDone, _) => Ok(Value::Null),
+        (Action::BatchStart, _) => queue(ctx, step).await,
+        (Action::BatchDone, _) => Ok(Value::Null),
         (Action::Window, _) => gates::window(ctx, step).await,
         (Action::Quorum, _) => gates::quorum(ctx, step).await,
         (Action::Health, _) => health::before_batch(ctx, step).await,
@@ -273,6 +279,25 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::WaitSessions | Action::Drain | Action::Upgrade | Action::WaitReady | Action::Verify, None) => {
             Err(StepError::Verify(format!("step {} names no batch of the plan", step.id)))
         }
+    }
+}
+
+/// Nodes labelled at once when a batch begins.
+const CONCURRENT_LABELS: usize = 32;
+
+/// Shows every node of the step's batch as queued: the rollout has reached them.
+async fn queue(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+    let Some(batch) = ctx.batches.iter().find(|b| Some(&b.name) == step.batch.as_ref()) else { return Ok(Value::Null) };
+    futures::stream::iter(&batch.nodes)
+        .for_each_concurrent(CONCURRENT_LABELS, |node| node::show_phase(ctx, node, Some(Phase::Queued), None))
+        .await;
+    Ok(Value::Null)
+}
+
+/// Shows a node whose step failed as failed, at that step.
+pub async fn show_failed(ctx: &Context, step: &Step) {
+    if let Some(node) = step.node.as_deref() {
+        node::show_phase(ctx, node, Some(Phase::Failed), Some(&step.id)).await;
     }
 }
 
