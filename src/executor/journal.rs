@@ -65,6 +65,18 @@ pub enum Record {
         /// Why, as shown to the operator.
         error: String,
     },
+    /// A drain that ran out of time deletes a pod (`drain.onTimeout: delete`), written
+    /// before the deletion is made.
+    PodDeleted {
+        /// When.
+        at: String,
+        /// The drain step.
+        step: String,
+        /// `namespace/name`.
+        pod: String,
+        /// Why it was deleted rather than evicted.
+        reason: String,
+    },
     /// An operator approved a node's uncordon.
     Approved {
         /// When.
@@ -235,7 +247,11 @@ impl Replay {
                 self.approved.insert(node.clone());
             }
             Record::Finished { .. } => self.complete = true,
-            Record::Halted { .. } | Record::Incomplete { .. } | Record::Interrupted { .. } | Record::Paused { .. } => {}
+            Record::PodDeleted { .. }
+            | Record::Halted { .. }
+            | Record::Incomplete { .. }
+            | Record::Interrupted { .. }
+            | Record::Paused { .. } => {}
         }
         self.records.push(record);
     }

@@ -98,6 +98,7 @@ impl Runner<'_> {
                 .iter()
                 .map(|c| (c.node.clone(), planned.graph.step(c.first()).id.clone()))
                 .collect(),
+            journal: journal.clone(),
             finished: Mutex::new(replay.finished.clone()),
         });
         let graph = &planned.graph;
@@ -147,7 +148,7 @@ impl Runner<'_> {
             for index in launch.steps {
                 let step = graph.step(index).clone();
                 let resume = replay.in_flight.get(&step.id).cloned();
-                running.spawn(run_step(ctx.clone(), journal.clone(), index, step, resume));
+                running.spawn(run_step(ctx.clone(), index, step, resume));
             }
             let waiting_for = closed.filter(|_| launch.held && !dispatch.halting());
             if running.is_empty() {
@@ -305,13 +306,7 @@ async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<
 }
 
 /// One step: prepare and journal its start (unless resuming it), then act.
-async fn run_step(
-    ctx: Arc<Context>,
-    journal: Arc<tokio::sync::Mutex<Store>>,
-    index: NodeIndex,
-    step: Step,
-    resume: Option<Value>,
-) -> Joined {
+async fn run_step(ctx: Arc<Context>, index: NodeIndex, step: Step, resume: Option<Value>) -> Joined {
     let started = tokio::time::Instant::now();
     let result = async {
         let resumed = resume.is_some();
@@ -319,11 +314,8 @@ async fn run_step(
             Some(detail) => detail,
             None => {
                 let detail = steps::prepare(&ctx, &step).await?;
-                append(
-                    &journal,
-                    &Record::StepStarted { at: journal::now(), step: step.id.clone(), detail: detail.clone() },
-                )
-                .await?;
+                ctx.journal(&Record::StepStarted { at: journal::now(), step: step.id.clone(), detail: detail.clone() })
+                    .await?;
                 detail
             }
         };

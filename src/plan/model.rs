@@ -367,6 +367,26 @@ pub struct DrainSettings {
     #[serde(default)]
     #[schemars(with = "Option<DurationString>")]
     pub skip_wait_for_delete_timeout: Option<Spanned<String>>,
+    /// What to do with the pods still there at the timeout: `halt` (default) or `delete`
+    /// (delete them, bypassing their disruption budgets, in `deleteNamespaces` only).
+    #[serde(default)]
+    #[schemars(with = "Option<DrainTimeoutPolicy>")]
+    pub on_timeout: Option<Spanned<DrainTimeoutPolicy>>,
+    /// The namespaces whose pods `onTimeout: delete` may delete.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub delete_namespaces: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// What happens to the pods a drain could not evict in its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainTimeoutPolicy {
+    /// Stop the rollout and leave the node cordoned, naming the pods and what holds them.
+    Halt,
+    /// Delete the pods left in the namespaces `deleteNamespaces` lists, then wait for them
+    /// to go, for up to the drain timeout again.
+    Delete,
 }
 
 /// Session (interactive workstation pod) settings.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::model::{
-    AddressType, AlreadyCordonedPolicy, DnsStrategy, LoadBalancerMode, NotifyEvent, Role, SessionTimeoutPolicy,
-    TsigAlgorithm, UncordonPolicy, WindowEndPolicy,
+    AddressType, AlreadyCordonedPolicy, DnsStrategy, DrainTimeoutPolicy, LoadBalancerMode, NotifyEvent, Role,
+    SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy, WindowEndPolicy,
 };
 use super::selector::Selector;
 use super::template::CommandTemplate;
@@ -339,6 +339,10 @@ pub struct DrainPlan {
     pub pod_selector: Option<Selector>,
     /// Stop waiting for pods deleted longer ago than this.
     pub skip_wait_for_delete_timeout: Option<Duration>,
+    /// What to do with the pods left at the timeout.
+    pub on_timeout: DrainTimeoutPolicy,
+    /// Where `onTimeout: delete` may delete pods.
+    pub delete_namespaces: Vec<String>,
 }
 
 /// Session settings.

@@ -280,15 +280,18 @@ pub(crate) fn is_label_name(s: &str) -> bool {
 
 /// RFC 1123 subdomain, as Kubernetes uses for node names and label prefixes.
 pub(crate) fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            let b = label.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// RFC 1123 label, as Kubernetes uses for namespace names: lowercase letters, digits and
+/// `-`, starting and ending alphanumeric, at most 63.
+pub(crate) fn is_dns_label(label: &str) -> bool {
+    let b = label.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 impl std::str::FromStr for Selector {

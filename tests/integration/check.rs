@@ -10,6 +10,12 @@ const INVALID: &[(&str, u64, u64, &str)] = &[
     ("dns-record-outside-zone", 9, 13, "the record `juno.other.example.` is not inside the zone `studio.example.`"),
     ("dns-server-without-port", 12, 19, "`127.0.0.1` is not a valid DNS server address"),
     ("dns-without-servicelb", 9, 7, "`dns` is only used with `mode: servicelb`, not `external`"),
+    (
+        "drain-delete-without-namespaces",
+        13,
+        18,
+        "`drain.onTimeout: delete` names no namespace whose pods it may delete",
+    ),
     ("drain-timeout-invalid", 9, 22, "`soon` is not a valid drain timeout"),
     ("duplicate-batch-name", 15, 13, "batch name `cp` is used twice"),
     ("etcd-endpoint-not-url", 10, 19, "`10.0.0.11:2379` is not an etcd client URL"),

@@ -202,3 +202,47 @@ fn a_budget_that_can_never_allow_the_eviction_halts_the_drain_at_once_on_the_rea
         "no pod the budget covers was evicted: {answered:?}"
     );
 }
+
+const HELD: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: held, namespace: drain}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: held}}\n  template:\n    metadata: {labels: {app: held}}\n    spec:\n      nodeSelector: {juno-innovations.com/workstation: \"true\"}\n      tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n      terminationGracePeriodSeconds: 1\n      containers: [{name: app, image: app:1}]\n\
+---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: held, namespace: drain}\nspec:\n  maxUnavailable: 1\n  selector: {matchLabels: {app: held}}\n";
+
+#[test]
+fn on_the_real_control_plane_a_drain_that_times_out_deletes_the_pods_a_budget_holds_with_on_timeout_delete() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    // ws02 stays cordoned: the first pod's replacement cannot run anywhere, so the budget
+    // (merely short of a pod, not one that can never allow) holds the second one for good.
+    pin_to(&plane, &studio, "ws01", HELD, 2);
+    plane.eventually("the disruption controller allows one disruption", || {
+        plane.kubectl_ok(&["get", "pdb", "-n", "drain", "held", "-o", "jsonpath={.status.disruptionsAllowed}"]) == "1"
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let drain = "{timeout: 10s, ignoreDaemonSets: true, onTimeout: delete, deleteNamespaces: [drain]}";
+    let plan = plan(dir.path(), "escalate", &one_node("ws01", drain));
+    let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let answered = evictions(&plane);
+    assert!(answered.iter().any(|(pod, code)| pod.starts_with("held-") && *code == 429), "{answered:?}");
+    assert_eq!(
+        answered.iter().filter(|(pod, code)| pod.starts_with("held-") && *code == 201).count(),
+        1,
+        "{answered:?}"
+    );
+    let deleted: Vec<String> = plane
+        .audit()
+        .into_iter()
+        .filter(|e| e["verb"] == "delete" && e["objectRef"]["resource"] == "pods" && e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            e["user"]["username"] == "noderoll-admin" && !e["userAgent"].as_str().unwrap_or("").starts_with("kubectl")
+        })
+        .filter_map(|e| Some(format!("{} {}", e["objectRef"]["name"].as_str()?, e["responseStatus"]["code"])))
+        .collect();
+    assert_eq!(deleted.len(), 1, "noderoll deleted the held pod, and only it: {deleted:?}");
+    assert!(deleted[0].starts_with("held-") && deleted[0].ends_with(" 200"), "{deleted:?}");
+    let journal = std::fs::read_to_string(dir.path().join(".noderoll/escalate.journal")).expect("journal");
+    let record = journal.lines().find(|l| l.contains("\"event\":\"pod-deleted\"")).expect("a journaled deletion");
+    assert!(record.contains("drain/held-") && record.contains("ws01/drain"), "{record}");
+}

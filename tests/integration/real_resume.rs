@@ -29,10 +29,11 @@ fn apply_killed_at_random_moments_resumes_from_its_configmap_journal_on_the_real
     let args = ["--journal-configmap", JOURNAL];
     let mut random = Random::from_env();
     let seed = random.seed;
-    // Three kills, each at a random step event of the run it interrupts (5 nodes: about 45
-    // steps), then a resume that runs to the end.
+    // Three kills, each at a random step event of the run it interrupts, then a resume that
+    // runs to the end. The plan has 37 steps (5 nodes and 5 gates), so 74 step events: three
+    // kills of at most 20 each always leave the run killed something to do.
     for kill in 0..3 {
-        let stop = 1 + random.below(30) as usize;
+        let stop = 1 + random.below(20) as usize;
         let mut child = apply_via(&plane.kubeconfig(), &plan, &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -252,6 +252,62 @@ fn a_node_that_fails_within_max_failures_is_left_cordoned_and_the_rest_is_upgrad
     assert!(phases(&sim).values().all(String::is_empty), "the phase is removed at the end: {:?}", phases(&sim));
 }
 
+/// Two replicas pinned to `node` under a budget of minAvailable 1: once the first is
+/// evicted its replacement cannot start on the cordoned node, so the budget holds the
+/// second for good, though it is not one that can never allow an eviction.
+fn pin_under_a_budget(sim: &SimProcess, node: &str) {
+    sim.create(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: pinned, namespace: juno}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: pinned}}}}\n  template:\n    metadata: {{labels: {{app: pinned}}}}\n    spec:\n      nodeSelector: {{kubernetes.io/hostname: {node}}}\n      containers: [{{name: app, image: example.invalid/pinned:1}}]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: hold, namespace: juno}}\nspec: {{minAvailable: 1, selector: {{matchLabels: {{app: pinned}}}}}}\n"
+    ));
+}
+
+#[test]
+fn a_drain_that_times_out_deletes_what_is_left_in_the_listed_namespaces_with_on_timeout_delete() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    pin_under_a_budget(&sim, "cp1");
+    let drain = "    drain: {timeout: 15s, ignoreDaemonSets: true, deleteEmptyDirData: true, onTimeout: delete, deleteNamespaces: [juno]}\n";
+    let escalate = plan(sim.dir.path(), "escalate", drain);
+    let (code, events, stderr) = apply(&sim, &escalate, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let warning =
+        events.iter().find(|e| e["event"] == "warning" && e["message"].as_str().is_some_and(|m| m.contains("deleted")));
+    let warning = warning.expect("the deletion is reported");
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cp1: deleted 1 pod(s) the drain could not evict in time: juno/pinned-"),
+        "{warning}"
+    );
+    let journal = std::fs::read_to_string(sim.dir.path().join(".noderoll/escalate.journal")).expect("journal");
+    let deletions: Vec<Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"] == "pod-deleted")
+        .collect();
+    assert_eq!(deletions.len(), 1, "{deletions:?}");
+    assert_eq!(deletions[0]["step"], "cp1/drain");
+    assert!(deletions[0]["pod"].as_str().is_some_and(|p| p.starts_with("juno/pinned-")), "{deletions:?}");
+    sim.assert_upgraded_once(9);
+
+    // A pod left outside the listed namespaces is never deleted: the drain halts on it.
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    pin_under_a_budget(&sim, "cp1");
+    let drain = "    drain: {timeout: 15s, ignoreDaemonSets: true, deleteEmptyDirData: true, onTimeout: delete, deleteNamespaces: [kube-system]}\n";
+    let escalate = plan(sim.dir.path(), "escalate", drain);
+    let (code, events, stderr) = apply(&sim, &escalate, &[]);
+    assert_eq!(code, 4, "{stderr}");
+    let halted = events.iter().find(|e| e["event"] == "halted").expect("a halted event");
+    let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("outside drain.deleteNamespaces (kube-system), so none is deleted")
+            && error.contains("juno/pinned-"),
+        "{error}"
+    );
+    let journal = std::fs::read_to_string(sim.dir.path().join(".noderoll/escalate.journal")).expect("journal");
+    assert!(!journal.contains("pod-deleted"), "nothing was deleted");
+}
+
 #[test]
 fn api_faults_and_a_short_outage_do_not_stop_a_rollout() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);

@@ -7,7 +7,9 @@
 //!   budget allowing a disruption again (kubectl sleeps 5 s and retries); a slow fallback
 //!   retry covers a missed event.
 //! - Any other 429 (API throttling), 5xx or dropped connection is retried with backoff.
-//! - When it gives up, it names every pod still there and the budget that holds it.
+//! - When it gives up, it names every pod still there and the budget that holds it; with
+//!   `onTimeout: delete` it first deletes those pods (in `deleteNamespaces` only, each one
+//!   journaled before it is deleted) and waits for them once more.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -24,8 +26,10 @@ use tokio::time::Instant;
 
 use super::sessions::{is_terminal, pod_key, sample, uid};
 use super::{Context, StepError};
+use crate::executor::journal::{self, Record};
 use crate::labels::selector_matches;
 use crate::plan::duration::written;
+use crate::plan::model::DrainTimeoutPolicy;
 use crate::plan::resolved::DrainPlan;
 use crate::planner::Step;
 use crate::planner::budget::{NEVER_ALLOWS_FIX, never_allows};
@@ -146,14 +150,16 @@ enum Evicted {
     Refused(String),
 }
 
+/// Delete options with the plan's grace period, when it sets one.
+fn with_grace(grace: Duration) -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
+        ..DeleteParams::default()
+    }
+}
+
 async fn evict(client: kube::Client, target: Target, grace: Option<Duration>) -> Evicted {
-    let params = EvictParams {
-        delete_options: grace.map(|g| DeleteParams {
-            grace_period_seconds: Some(u32::try_from(g.as_secs()).unwrap_or(u32::MAX)),
-            ..DeleteParams::default()
-        }),
-        ..EvictParams::default()
-    };
+    let params = EvictParams { delete_options: grace.map(with_grace), ..EvictParams::default() };
     match Api::<Pod>::namespaced(client, &target.namespace).evict(&target.name, &params).await {
         Ok(_) => Evicted::Accepted,
         Err(kube::Error::Api(status)) if status.code == 404 => Evicted::Gone,
@@ -195,6 +201,8 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
     let mut tick = tokio::time::interval(ctx.real(Duration::from_secs(1)).max(Duration::from_millis(10)));
     let mut fallback = Instant::now() + ctx.real(BLOCKED_FALLBACK);
     let mut reported = String::new();
+    // Pods deleted at the timeout (`onTimeout: delete`); the second timeout then gives up.
+    let mut deleted: Option<Vec<String>> = None;
     loop {
         if let Some(&(count, _)) = initial.as_ref() {
             while in_flight.len() < CONCURRENT_EVICTIONS {
@@ -206,7 +214,10 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
             }
             if progress.targets.is_empty() {
                 let left = initial.take().map(|(_, l)| l).unwrap_or_default();
-                return Ok(json!({"evicted": count, "leftAlone": left, "seconds": started.elapsed().as_secs_f64()}));
+                let deleted = deleted.take().unwrap_or_default();
+                return Ok(
+                    json!({"evicted": count, "deleted": deleted, "leftAlone": left, "seconds": started.elapsed().as_secs_f64()}),
+                );
             }
             let status = format!(
                 "{} pod(s) left: {} terminating, {} held by a disruption budget",
@@ -220,7 +231,13 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
             }
         }
         tokio::select! {
-            () = &mut deadline => return Err(give_up(node, settings, &progress, &budgets)),
+            () = &mut deadline => {
+                if settings.on_timeout == DrainTimeoutPolicy::Halt || deleted.is_some() {
+                    return Err(give_up(node, settings, &progress, &budgets, deleted.as_deref()));
+                }
+                deleted = Some(delete_the_rest(ctx, step, settings, &mut progress).await?);
+                deadline.as_mut().reset(Instant::now() + ctx.real(settings.timeout));
+            }
             event = pods.next() => match event {
                 Some(Ok(watcher::Event::Init)) => listing = Some(Vec::new()),
                 Some(Ok(watcher::Event::InitApply(pod))) => listing.get_or_insert_with(Vec::new).push(pod),
@@ -264,6 +281,7 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                     progress.terminating.insert(uid, Instant::now());
                 }
                 Evicted::Gone => progress.gone(&uid),
+                Evicted::Budget(_) if deleted.is_some() => {}
                 Evicted::Budget(message) => {
                     let Some(target) = progress.targets.get(&uid) else { continue };
                     let holding = holding_budgets(&budgets, target);
@@ -357,6 +375,65 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
     }
 }
 
+/// `onTimeout: delete` at the drain's timeout: deletes every pod still there, bypassing
+/// their budgets, each journaled before it is deleted, and returns them. A pod outside
+/// `deleteNamespaces` is never deleted: then nothing is, and the drain halts naming it.
+async fn delete_the_rest(
+    ctx: &Context,
+    step: &Step,
+    settings: &DrainPlan,
+    progress: &mut Progress,
+) -> Result<Vec<String>, StepError> {
+    let node = step.node.as_deref().unwrap_or_default();
+    let outside: Vec<String> = progress
+        .targets
+        .values()
+        .filter(|t| !settings.delete_namespaces.contains(&t.namespace))
+        .map(Target::key)
+        .collect();
+    if !outside.is_empty() {
+        return Err(StepError::Drain(format!(
+            "cannot drain {node}: {} pod(s) are still there after {} and outside drain.deleteNamespaces ({}), so none is deleted: {}; add their namespace to deleteNamespaces, or make room for what holds them, then run apply again",
+            outside.len(),
+            written(settings.timeout),
+            settings.delete_namespaces.join(", "),
+            sample(outside)
+        )));
+    }
+    let reason = format!("not evicted within drain.timeout {}; drain.onTimeout is delete", written(settings.timeout));
+    let mut deleted = Vec::new();
+    let uids: Vec<String> = progress.targets.keys().cloned().collect();
+    for uid in uids {
+        let Some(target) = progress.targets.get(&uid) else { continue };
+        let pod = target.key();
+        ctx.journal(&Record::PodDeleted {
+            at: journal::now(),
+            step: step.id.clone(),
+            pod: pod.clone(),
+            reason: reason.clone(),
+        })
+        .await?;
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &target.namespace);
+        let params = settings.grace_period.map(with_grace).unwrap_or_default();
+        match retry::call(&ctx.patience, || api.delete(&target.name, &params)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => return Err(StepError::Api { context: format!("delete pod {pod}"), source }),
+        }
+        progress.blocked.remove(&uid);
+        progress.terminating.insert(uid, Instant::now());
+        deleted.push(pod);
+    }
+    progress.queue.clear();
+    progress.later.clear();
+    ctx.warn(format!(
+        "{node}: deleted {} pod(s) the drain could not evict in time: {}",
+        deleted.len(),
+        sample(deleted.iter().cloned())
+    ));
+    Ok(deleted)
+}
+
 /// What the drain knows of one PodDisruptionBudget.
 #[derive(Debug)]
 struct Budget {
@@ -400,8 +477,15 @@ fn hopeless(node: &str, progress: &Progress, budgets: &BTreeMap<String, Budget>)
     })
 }
 
-/// The error when the drain runs out of time: every pod still there, and why.
-fn give_up(node: &str, settings: &DrainPlan, progress: &Progress, budgets: &BTreeMap<String, Budget>) -> StepError {
+/// The error when the drain runs out of time: every pod still there, and why (after the
+/// deletions of `onTimeout: delete`, if it made them).
+fn give_up(
+    node: &str,
+    settings: &DrainPlan,
+    progress: &Progress,
+    budgets: &BTreeMap<String, Budget>,
+    deleted: Option<&[String]>,
+) -> StepError {
     let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (uid, holding) in &progress.blocked {
         if let Some(target) = progress.targets.get(uid) {
@@ -428,6 +512,12 @@ fn give_up(node: &str, settings: &DrainPlan, progress: &Progress, budgets: &BTre
         .collect();
     if !other.is_empty() {
         parts.push(format!("not yet evicted: {}", sample(other)));
+    }
+    if let Some(deleted) = deleted {
+        parts.push(format!(
+            "{} pod(s) were deleted at the first timeout and waited on for as long again",
+            deleted.len()
+        ));
     }
     let help = if held.is_empty() {
         "check why the pods do not terminate (finalizers, long grace periods), then run apply again"

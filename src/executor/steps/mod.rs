@@ -102,6 +102,8 @@ pub struct Context {
     /// so where etcd must be able to lose its member (before its DNS record is withdrawn, if
     /// any), and where a node cordoned by someone else is skipped.
     pub chain_starts: BTreeMap<String, String>,
+    /// The journal, for the records a step writes before it acts (a drain's deletions).
+    pub journal: Arc<tokio::sync::Mutex<super::journal_store::Store>>,
     /// What finished steps reported, by step id (the upgrade's boot ID before, a label's
     /// old value), for the steps that undo or check them.
     pub finished: Mutex<BTreeMap<String, Value>>,
@@ -114,6 +116,11 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// Writes a record to the journal.
+    pub async fn journal(&self, record: &super::journal::Record) -> Result<(), StepError> {
+        Ok(self.journal.lock().await.append(record).await?)
+    }
+
     /// A plan duration as real time.
     pub fn real(&self, plan_time: Duration) -> Duration {
         self.clock.real(plan_time)

@@ -7,8 +7,9 @@ use serde_saphyr::Spanned;
 
 use super::{Checker, HOOK_PLACEHOLDERS};
 use crate::plan::defaults;
-use crate::plan::model::{self, AlreadyCordonedPolicy, Batch, StepSettings, UncordonPolicy};
+use crate::plan::model::{self, AlreadyCordonedPolicy, Batch, DrainTimeoutPolicy, StepSettings, UncordonPolicy};
 use crate::plan::resolved::{DrainPlan, SessionsPlan, VerifyPlan};
+use crate::plan::selector::is_dns_label;
 
 /// Step settings with everything but the upgrade command known: the defaults section may
 /// leave the command to each batch.
@@ -35,6 +36,8 @@ impl Layer {
                 grace_period: None,
                 pod_selector: None,
                 skip_wait_for_delete_timeout: None,
+                on_timeout: defaults::DRAIN_ON_TIMEOUT,
+                delete_namespaces: Vec::new(),
             },
             sessions: SessionsPlan {
                 annotation: defaults::SESSION_ANNOTATION.into(),
@@ -74,6 +77,19 @@ impl Checker<'_> {
             if let Some(t) = &d.skip_wait_for_delete_timeout {
                 out.drain.skip_wait_for_delete_timeout = self.duration(t, "skip-wait-for-delete timeout");
             }
+            if let Some(namespaces) = &d.delete_namespaces {
+                out.drain.delete_namespaces = self.namespaces(namespaces);
+            }
+            if let Some(policy) = &d.on_timeout {
+                out.drain.on_timeout = policy.value;
+                if policy.value == DrainTimeoutPolicy::Delete && out.drain.delete_namespaces.is_empty() {
+                    self.error(
+                        policy.referenced,
+                        "`drain.onTimeout: delete` names no namespace whose pods it may delete",
+                        "list them beside it, e.g. `deleteNamespaces: [juno]`: pods elsewhere are never deleted, and the drain halts on them",
+                    );
+                }
+            }
         }
         if let Some(s) = over.sessions {
             if let Some(a) = &s.annotation {
@@ -109,6 +125,29 @@ impl Checker<'_> {
             out.already_cordoned = a;
         }
         out
+    }
+}
+
+impl Checker<'_> {
+    /// `drain.deleteNamespaces`: namespace names (DNS labels), at least one.
+    fn namespaces(&mut self, written: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+        if written.value.is_empty() {
+            self.error(
+                written.referenced,
+                "`drain.deleteNamespaces` is empty",
+                "list the namespaces whose pods `onTimeout: delete` may delete, or remove the field",
+            );
+        }
+        for ns in &written.value {
+            if !is_dns_label(&ns.value) {
+                self.error(
+                    ns.referenced,
+                    format!("`{}` is not a valid namespace name", ns.value),
+                    "namespace names are lowercase letters, digits and `-`, at most 63, as `kubectl get namespaces` shows them",
+                );
+            }
+        }
+        written.value.iter().map(|ns| ns.value.clone()).collect()
     }
 }
 
