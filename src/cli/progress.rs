@@ -88,13 +88,7 @@ fn approval_prompt(node: &str) -> String {
 
 fn halted(failed: &[crate::executor::event::Failure], cordoned: &[String], next: &str) -> String {
     let mut text = String::from("halted: no new node was started\n");
-    for f in failed {
-        text.push_str(&format!("  {}: {}\n", f.step, f.error));
-    }
-    if !cordoned.is_empty() {
-        text.push_str(&format!("  left cordoned: {}\n", cordoned.join(", ")));
-    }
-    text.push_str(&format!("  next: {next}"));
+    push_failures(&mut text, failed, cordoned, next);
     text
 }
 
@@ -104,14 +98,21 @@ fn finished(nodes: usize, seconds: f64, failed: &[crate::executor::event::Failur
         return text;
     }
     text.push_str(&format!(", {} of them failed within their batch's maxFailures\n", failed.len()));
+    let next = "fix the failed nodes, then run the same apply command again: it retries only them";
+    push_failures(&mut text, failed, cordoned, next);
+    text
+}
+
+/// The lines of a report that names failures: each failed step, the nodes left cordoned,
+/// what to do next.
+fn push_failures(text: &mut String, failed: &[crate::executor::event::Failure], cordoned: &[String], next: &str) {
     for f in failed {
         text.push_str(&format!("  {}: {}\n", f.step, f.error));
     }
     if !cordoned.is_empty() {
         text.push_str(&format!("  left cordoned: {}\n", cordoned.join(", ")));
     }
-    text.push_str("  next: fix the failed nodes, then run the same apply command again: it retries only them");
-    text
+    text.push_str(&format!("  next: {next}"));
 }
 
 fn left_cordoned(cordoned: &[String]) -> String {

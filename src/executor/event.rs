@@ -177,6 +177,14 @@ pub struct Failure {
     pub error: String,
 }
 
+impl Failure {
+    /// Failures on one line, `step: error; step: error`, as the journal's end record and
+    /// the notifications give them.
+    pub fn joined(failures: &[Failure]) -> String {
+        failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ")
+    }
+}
+
 /// Receives a rollout's events as they happen.
 pub trait Observer: Send + Sync {
     /// One event; must not block for long.

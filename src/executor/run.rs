@@ -253,7 +253,7 @@ impl Runner<'_> {
         if dispatch.complete() {
             let record = match failures.is_empty() {
                 true => Record::Finished { at: journal::now() },
-                false => Record::Incomplete { at: journal::now(), reason: reason(&failures) },
+                false => Record::Incomplete { at: journal::now(), reason: Failure::joined(&failures) },
             };
             append(&journal, &record).await?;
             observer.event(&Event::Finished {
@@ -267,7 +267,7 @@ impl Runner<'_> {
                 false => Outcome::Incomplete { failed: failures, cordoned },
             });
         }
-        append(&journal, &Record::Halted { at: journal::now(), reason: reason(&failures) }).await?;
+        append(&journal, &Record::Halted { at: journal::now(), reason: Failure::joined(&failures) }).await?;
         observer.event(&Event::Halted {
             failed: failures.clone(),
             cordoned: cordoned.clone(),
@@ -294,11 +294,6 @@ fn window_gate(ctx: &Context) -> Gate {
         Some(WindowState::Closed { opens }) => Gate::Closed { opens },
         None => Gate::Never,
     }
-}
-
-/// The failures as the journal's end record gives them.
-fn reason(failures: &[Failure]) -> String {
-    failures.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ")
 }
 
 async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<(), JournalError> {

@@ -108,8 +108,7 @@ impl Notifier {
                 (NotifyEvent::BatchDone, format!("rollout `{plan}`: batch `{batch}` done"))
             }
             Event::Halted { failed, cordoned, next } => {
-                let why = failed.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
-                let left = if cordoned.is_empty() { "none".to_owned() } else { cordoned.join(", ") };
+                let (why, left) = failures_and_cordoned(failed, cordoned);
                 (NotifyEvent::Halted, format!("rollout `{plan}` HALTED. {why}. Left cordoned: {left}. Next: {next}"))
             }
             Event::Paused { opens, cordoned, .. } => {
@@ -131,8 +130,7 @@ impl Notifier {
                 ),
             ),
             Event::Finished { nodes, failed, cordoned, .. } if !failed.is_empty() => {
-                let why = failed.iter().map(|f| format!("{}: {}", f.step, f.error)).collect::<Vec<_>>().join("; ");
-                let left = if cordoned.is_empty() { "none".to_owned() } else { cordoned.join(", ") };
+                let (why, left) = failures_and_cordoned(failed, cordoned);
                 let upgraded = nodes.saturating_sub(failed.len());
                 (
                     NotifyEvent::Finished,
@@ -153,6 +151,13 @@ impl Notifier {
         let name = serde_json::to_value(kind).unwrap_or(Value::Null);
         Some(json!({"text": format!("noderoll: {text}"), "plan": plan, "event": name, "detail": event}))
     }
+}
+
+/// The failed steps and the nodes left cordoned, as a message gives them.
+fn failures_and_cordoned(failed: &[crate::executor::event::Failure], cordoned: &[String]) -> (String, String) {
+    let why = crate::executor::event::Failure::joined(failed);
+    let left = if cordoned.is_empty() { "none".to_owned() } else { cordoned.join(", ") };
+    (why, left)
 }
 
 impl Observer for Notifier {
