@@ -17,6 +17,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const IGNORE_DAEMON_SETS: bool = true;
 /// `defaults.drain.deleteEmptyDirData`: off, as in kubectl, because it loses data.
 pub const DELETE_EMPTY_DIR_DATA: bool = false;
+/// `defaults.drain.force`: off, as in kubectl: a pod that declares no controller is gone
+/// for good once evicted.
+pub const FORCE: bool = false;
 /// `drain.onTimeout`: a drain that runs out of time halts; deleting pods is chosen, never
 /// assumed.
 pub const DRAIN_ON_TIMEOUT: DrainTimeoutPolicy = DrainTimeoutPolicy::Halt;
@@ -90,6 +93,7 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
         ("spec.defaults", "drain.timeout", written(DRAIN_TIMEOUT)),
         ("spec.defaults", "drain.ignoreDaemonSets", IGNORE_DAEMON_SETS.to_string()),
         ("spec.defaults", "drain.deleteEmptyDirData", DELETE_EMPTY_DIR_DATA.to_string()),
+        ("spec.defaults", "drain.force", FORCE.to_string()),
         ("spec.defaults", "drain.onTimeout", word(DRAIN_ON_TIMEOUT)),
         ("spec.defaults", "sessions.annotation", SESSION_ANNOTATION.into()),
         ("spec.defaults", "sessions.timeout", written(SESSION_TIMEOUT)),

@@ -355,6 +355,10 @@ pub struct DrainSettings {
     /// Evict pods with emptyDir volumes (their data is lost). Default: `false`.
     #[serde(default)]
     pub delete_empty_dir_data: Option<bool>,
+    /// Evict pods that declare no controller (nothing recreates them) and pods whose
+    /// DaemonSet is gone, as `kubectl drain --force`. Default: `false`.
+    #[serde(default)]
+    pub force: Option<bool>,
     /// Grace period given to each pod; default: the pod's own.
     #[serde(default)]
     #[schemars(with = "Option<DurationString>")]

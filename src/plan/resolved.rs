@@ -333,6 +333,8 @@ pub struct DrainPlan {
     pub ignore_daemon_sets: bool,
     /// Evict pods with emptyDir volumes.
     pub delete_empty_dir_data: bool,
+    /// Evict pods no controller recreates.
+    pub force: bool,
     /// Grace period override.
     pub grace_period: Option<Duration>,
     /// Only evict pods matching this.

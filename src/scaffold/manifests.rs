@@ -93,6 +93,7 @@ pub fn cluster_rules() -> Vec<Value> {
         json!({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}),
         json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}),
         json!({"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]}),
+        json!({"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]}),
         json!({"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}),
         json!({"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch"]}),
     ]

@@ -87,8 +87,11 @@ fn a_drain_on_the_real_control_plane_waits_for_the_budget_leaves_daemonset_pods_
         "jsonpath={.items[0].metadata.name}",
     ]);
     let dir = tempfile::tempdir().expect("temp dir");
-    let plan =
-        plan(dir.path(), "drain", &one_node("ws01", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true}"));
+    let plan = plan(
+        dir.path(),
+        "drain",
+        &one_node("ws01", "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true, force: true}"),
+    );
     let apply =
         apply_via(&plane.kubeconfig(), &plan, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("apply");
     // ws02 is still cordoned: the first budgeted pod's replacement cannot run, so the

@@ -120,7 +120,7 @@ fn a_servicelb_round_robin_rollout_upgrades_a_juno_studio_on_the_real_control_pl
     let extra = PlanExtra {
         upgrade: &hook,
         batches: WORKSTATIONS,
-        defaults: "    sessions: {timeout: 1m}\n    drain: {timeout: 1m}\n",
+        defaults: "    sessions: {timeout: 1m}\n    drain: {timeout: 1m, force: true}\n",
         ..PlanExtra::default()
     };
     let plan = servicelb_plan(dir.path(), "round-robin", &rfc2136(dir.path(), &knot, KEY), &extra);
@@ -155,7 +155,7 @@ fn a_single_record_rollout_with_approval_repoints_the_record_and_moves_it_back()
     let extra = PlanExtra {
         upgrade: &hook,
         batches: "    - {name: workstations, role: workstation, nodes: [ws01, ws02], maxUnavailable: 1}\n",
-        defaults: "    uncordon: approve\n    sessions: {timeout: 3s, onTimeout: drain}\n    drain: {timeout: 1m}\n",
+        defaults: "    uncordon: approve\n    sessions: {timeout: 3s, onTimeout: drain}\n    drain: {timeout: 1m, force: true}\n",
         ..PlanExtra::default()
     };
     let plan = servicelb_plan(dir.path(), "single-record", &rfc2136(dir.path(), &knot, KEY), &extra);

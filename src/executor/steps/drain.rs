@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{Stream, future};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
@@ -88,48 +90,150 @@ impl Progress {
     }
 }
 
+/// kubectl drain's refusals, in its words, each with the plan setting that lifts it.
+const DAEMON_SET_FATAL: &str = "DaemonSet-managed Pods (set drain.ignoreDaemonSets: true to ignore)";
+const ORPHANED_FATAL: &str = "Pods whose DaemonSet is not found (set drain.force: true to override)";
+const LOCAL_STORAGE_FATAL: &str = "Pods with local storage (set drain.deleteEmptyDirData: true to override)";
+const UNMANAGED_FATAL: &str = "Pods that declare no controller (set drain.force: true to override)";
+/// kubectl drain's warnings for what `drain.force` lets it evict.
+const ORPHANED_WARNING: &str = "deleting Pods whose DaemonSet is gone";
+const UNMANAGED_WARNING: &str = "deleting Pods that declare no controller";
+
 /// The node's pods sorted by what the drain does with them.
 #[derive(Debug, Default)]
 struct Classified {
     /// uid, pod, already terminating.
     evict: Vec<(String, Target, bool)>,
-    /// DaemonSet and mirror pods, pods outside `podSelector`.
+    /// DaemonSet and mirror pods, pods outside `podSelector`, pods deleted longer ago than
+    /// `skipWaitForDeleteTimeout`.
     left: Vec<String>,
-    /// Pods the plan's settings forbid evicting, with the setting to change.
-    refused: Vec<String>,
+    /// Why the drain refuses (kubectl's message) → the pods it refuses for.
+    refused: BTreeMap<&'static str, Vec<String>>,
+    /// What `force` evicts that nothing recreates (kubectl's warning) → the pods.
+    warnings: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// What one pod comes to under kubectl drain's filters.
+enum Verdict {
+    Evict,
+    EvictWithWarning(&'static str),
+    Leave,
+    Refuse(&'static str),
+}
+
+/// The `namespace/name` of the DaemonSet that controls a pod, if one does.
+fn daemon_set_of(pod: &Pod) -> Option<String> {
+    let owner = controller_of(pod)?;
+    (owner.kind == "DaemonSet" && owner.api_version == "apps/v1")
+        .then(|| format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), owner.name))
+}
+
+fn controller_of(pod: &Pod) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    pod.metadata.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+}
+
+/// kubectl drain's filters, in its order (deleted long ago, DaemonSet, mirror, local
+/// storage, unmanaged), the first that does not evict deciding; `daemon_sets` holds the
+/// DaemonSets that exist of those the node's pods name. A pod whose DaemonSet is gone
+/// goes on through the later filters under `force`, as in kubectl (which then drops its
+/// warning; noderoll keeps it).
+fn verdict(
+    pod: &Pod,
+    settings: &DrainPlan,
+    daemon_sets: &BTreeSet<String>,
+    skip_deleted_before: Option<Timestamp>,
+) -> Verdict {
+    let terminal = is_terminal(pod);
+    if let (Some(before), Some(deleted)) = (skip_deleted_before, &pod.metadata.deletion_timestamp)
+        && deleted.0 < before
+    {
+        return Verdict::Leave;
+    }
+    let mut warning = None;
+    if let Some(daemon_set) = daemon_set_of(pod).filter(|_| !terminal) {
+        match (daemon_sets.contains(&daemon_set), settings.force, settings.ignore_daemon_sets) {
+            (false, true, _) => warning = Some(ORPHANED_WARNING),
+            (false, false, _) => return Verdict::Refuse(ORPHANED_FATAL),
+            (true, _, false) => return Verdict::Refuse(DAEMON_SET_FATAL),
+            (true, _, true) => return Verdict::Leave,
+        }
+    }
+    if pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(crate::labels::MIRROR_POD)) {
+        return Verdict::Leave;
+    }
+    let empty_dir =
+        pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
+    if empty_dir && !terminal && !settings.delete_empty_dir_data {
+        return Verdict::Refuse(LOCAL_STORAGE_FATAL);
+    }
+    if !terminal && controller_of(pod).is_none() {
+        if !settings.force {
+            return Verdict::Refuse(UNMANAGED_FATAL);
+        }
+        warning = Some(UNMANAGED_WARNING);
+    }
+    warning.map_or(Verdict::Evict, Verdict::EvictWithWarning)
 }
 
 /// Classifies the node's pods: what to evict, what to leave, what makes the drain refuse.
-fn classify(pods: Vec<Pod>, settings: &DrainPlan) -> Classified {
-    let Classified { mut evict, mut left, mut refused } = Classified::default();
+fn classify(
+    pods: Vec<Pod>,
+    settings: &DrainPlan,
+    daemon_sets: &BTreeSet<String>,
+    skip_deleted_before: Option<Timestamp>,
+) -> Classified {
+    let mut out = Classified::default();
     for pod in pods {
         let key = pod_key(&pod);
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let owner = pod.metadata.owner_references.as_ref().and_then(|o| o.iter().find(|r| r.controller == Some(true)));
-        let daemon_set = owner.is_some_and(|o| o.kind == "DaemonSet");
         let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let empty_dir =
-            pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
-        let mirror = annotations.contains_key(crate::labels::MIRROR_POD);
-        if mirror || (daemon_set && settings.ignore_daemon_sets) {
-            left.push(key);
-        } else if daemon_set {
-            refused.push(format!("{key} (DaemonSet pod; set drain.ignoreDaemonSets: true to leave it)"));
-        } else if settings.pod_selector.as_ref().is_some_and(|s| !s.matches(&labels)) {
-            left.push(key);
-        } else if empty_dir && !settings.delete_empty_dir_data && !is_terminal(&pod) {
-            refused.push(format!("{key} (emptyDir data would be lost; set drain.deleteEmptyDirData: true)"));
-        } else {
-            let deleting = pod.metadata.deletion_timestamp.is_some();
-            let target = Target {
-                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-                labels,
-            };
-            evict.push((uid(&pod), target, deleting));
+        if settings.pod_selector.as_ref().is_some_and(|s| !s.matches(&labels)) {
+            out.left.push(key);
+            continue;
+        }
+        match verdict(&pod, settings, daemon_sets, skip_deleted_before) {
+            Verdict::Leave => out.left.push(key),
+            Verdict::Refuse(why) => out.refused.entry(why).or_default().push(key),
+            verdict => {
+                if let Verdict::EvictWithWarning(warning) = verdict {
+                    out.warnings.entry(warning).or_default().push(key);
+                }
+                let deleting = pod.metadata.deletion_timestamp.is_some();
+                let target = Target {
+                    namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    labels,
+                };
+                out.evict.push((uid(&pod), target, deleting));
+            }
         }
     }
-    Classified { evict, left, refused }
+    out
+}
+
+/// kubectl's grouping: `cannot delete <why>: <pods>` for each reason.
+fn grouped(reasons: &BTreeMap<&'static str, Vec<String>>, verb: &str) -> String {
+    let parts: Vec<String> =
+        reasons.iter().map(|(why, pods)| format!("{verb}{why}: {}", sample(pods.iter().cloned()))).collect();
+    parts.join("; ")
+}
+
+/// The DaemonSets that exist, of those the node's running pods name (kubectl GETs each, to
+/// tell a DaemonSet pod from one its DaemonSet left behind).
+async fn existing_daemon_sets(ctx: &Context, pods: &[Pod]) -> Result<BTreeSet<String>, StepError> {
+    let named: BTreeSet<String> = pods.iter().filter(|p| !is_terminal(p)).filter_map(daemon_set_of).collect();
+    let mut existing = BTreeSet::new();
+    for key in named {
+        let (namespace, name) = key.split_once('/').unwrap_or_default();
+        let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
+        match retry::call(&ctx.patience, || api.get_opt(name)).await {
+            Ok(Some(_)) => {
+                existing.insert(key);
+            }
+            Ok(None) => {}
+            Err(source) => return Err(StepError::Api { context: format!("get DaemonSet {key}"), source }),
+        }
+    }
+    Ok(existing)
 }
 
 /// A stream's next item, or never when there is no stream yet.
@@ -244,13 +348,17 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                 Some(Ok(watcher::Event::InitDone)) => {
                     let listed = listing.take().unwrap_or_default();
                     if initial.is_none() {
-                        let Classified { evict, left, refused } = classify(listed, settings);
+                        let daemon_sets = existing_daemon_sets(ctx, &listed).await?;
+                        let skip_deleted_before = settings
+                            .skip_wait_for_delete_timeout
+                            .and_then(|skip| Timestamp::now().checked_sub(ctx.real(skip)).ok());
+                        let Classified { evict, left, refused, warnings } =
+                            classify(listed, settings, &daemon_sets, skip_deleted_before);
                         if !refused.is_empty() {
-                            return Err(StepError::Drain(format!(
-                                "cannot drain {node}: {} pod(s) cannot be evicted under the plan's drain settings: {}",
-                                refused.len(),
-                                sample(refused)
-                            )));
+                            return Err(StepError::Drain(format!("cannot drain {node}: {}", grouped(&refused, "cannot delete "))));
+                        }
+                        if !warnings.is_empty() {
+                            ctx.warn(format!("{node}: {}", grouped(&warnings, "")));
                         }
                         for (uid, target, deleting) in evict {
                             if deleting {
@@ -528,5 +636,187 @@ fn give_up(
         what: format!("draining {node}"),
         after: written(settings.timeout),
         detail: format!("; {}; {help}", parts.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(force: bool, ignore_daemon_sets: bool, delete_empty_dir_data: bool) -> DrainPlan {
+        DrainPlan {
+            timeout: Duration::from_secs(60),
+            ignore_daemon_sets,
+            delete_empty_dir_data,
+            force,
+            grace_period: None,
+            pod_selector: None,
+            skip_wait_for_delete_timeout: None,
+            on_timeout: DrainTimeoutPolicy::Halt,
+            delete_namespaces: Vec::new(),
+        }
+    }
+
+    fn pod(owner: Option<(&str, &str)>, phase: &str, empty_dir: bool) -> Pod {
+        let owners: Vec<Value> = owner
+            .map(|(api_version, kind)| {
+                json!({"apiVersion": api_version, "kind": kind, "name": "owner", "uid": "u1", "controller": true})
+            })
+            .into_iter()
+            .collect();
+        let volumes: Vec<Value> = if empty_dir { vec![json!({"name": "scratch", "emptyDir": {}})] } else { vec![] };
+        serde_json::from_value(json!({
+            "metadata": {"name": "bar", "namespace": "default", "uid": "p1", "ownerReferences": owners},
+            "spec": {"nodeName": "node", "containers": [], "volumes": volumes},
+            "status": {"phase": phase},
+        }))
+        .expect("pod")
+    }
+
+    const RS: Option<(&str, &str)> = Some(("apps/v1", "ReplicaSet"));
+    const DS: Option<(&str, &str)> = Some(("apps/v1", "DaemonSet"));
+    const JOB: Option<(&str, &str)> = Some(("batch/v1", "Job"));
+
+    fn outcome(pod: &Pod, settings: &DrainPlan, daemon_set_exists: bool) -> String {
+        let existing = if daemon_set_exists { BTreeSet::from(["default/owner".to_owned()]) } else { BTreeSet::new() };
+        match verdict(pod, settings, &existing, None) {
+            Verdict::Evict => "evict".into(),
+            Verdict::EvictWithWarning(w) => format!("evict, warning: {w}"),
+            Verdict::Leave => "leave".into(),
+            Verdict::Refuse(why) => format!("refuse: {why}"),
+        }
+    }
+
+    /// The cases of kubectl's own drain tests (pkg/cmd/drain/drain_test.go), with its flags
+    /// as the plan's settings (force, ignoreDaemonSets, deleteEmptyDirData).
+    #[test]
+    fn pods_are_sorted_as_kubectl_drain_sorts_them() {
+        let cases: [(&str, Pod, DrainPlan, bool, &str); 15] = [
+            ("RS-managed pod", pod(RS, "Running", false), settings(false, false, false), true, "evict"),
+            (
+                "DS-managed pod",
+                pod(DS, "Running", false),
+                settings(false, false, false),
+                true,
+                "refuse: DaemonSet-managed",
+            ),
+            ("DS-managed terminated pod", pod(DS, "Succeeded", false), settings(false, false, false), true, "evict"),
+            (
+                "orphaned DS-managed pod",
+                pod(DS, "Running", false),
+                settings(false, false, false),
+                false,
+                "refuse: Pods whose DaemonSet",
+            ),
+            (
+                "orphaned DS-managed pod with --force",
+                pod(DS, "Running", false),
+                settings(true, false, false),
+                false,
+                "evict, warning: deleting Pods whose DaemonSet",
+            ),
+            (
+                "orphaned DS-managed pod with emptyDir and --force",
+                pod(DS, "Running", true),
+                settings(true, false, false),
+                false,
+                "refuse: Pods with local storage",
+            ),
+            (
+                "DS-managed pod with --ignore-daemonsets",
+                pod(DS, "Running", false),
+                settings(false, true, false),
+                true,
+                "leave",
+            ),
+            (
+                "DS-managed pod with emptyDir with --ignore-daemonsets",
+                pod(DS, "Running", true),
+                settings(false, true, false),
+                true,
+                "leave",
+            ),
+            (
+                "Job-managed pod with local storage",
+                pod(JOB, "Running", true),
+                settings(true, false, true),
+                true,
+                "evict",
+            ),
+            (
+                "Job-managed terminated pod with local storage",
+                pod(JOB, "Failed", true),
+                settings(false, false, false),
+                true,
+                "evict",
+            ),
+            (
+                "naked pod",
+                pod(None, "Running", false),
+                settings(false, false, false),
+                true,
+                "refuse: Pods that declare no controller",
+            ),
+            (
+                "naked pod with --force",
+                pod(None, "Running", false),
+                settings(true, false, false),
+                true,
+                "evict, warning: deleting Pods that declare no controller",
+            ),
+            (
+                "pod with EmptyDir",
+                pod(None, "Running", true),
+                settings(true, false, false),
+                true,
+                "refuse: Pods with local storage",
+            ),
+            ("terminated pod with emptyDir", pod(RS, "Succeeded", true), settings(false, false, false), true, "evict"),
+            (
+                "pod with EmptyDir and --delete-emptydir-data",
+                pod(None, "Running", true),
+                settings(true, false, true),
+                true,
+                "evict, warning: deleting Pods that declare no controller",
+            ),
+        ];
+        for (case, pod, settings, exists, expected) in cases {
+            let got = outcome(&pod, &settings, exists);
+            assert!(got.starts_with(expected), "{case}: expected {expected}, got {got}");
+        }
+    }
+
+    #[test]
+    fn a_daemon_set_owner_of_another_api_group_is_not_a_daemon_set() {
+        let pod = pod(Some(("example.com/v1", "DaemonSet")), "Running", false);
+        assert_eq!(outcome(&pod, &settings(false, false, false), false), "evict");
+    }
+
+    #[test]
+    fn a_pod_deleted_before_skip_wait_for_delete_timeout_is_left() {
+        let mut pod = pod(RS, "Running", false);
+        let deleted = Timestamp::now().checked_sub(Duration::from_secs(120)).expect("time");
+        pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(deleted));
+        let recent = Timestamp::now().checked_sub(Duration::from_secs(60)).expect("time");
+        let older = Timestamp::now().checked_sub(Duration::from_secs(180)).expect("time");
+        assert!(matches!(
+            verdict(&pod, &settings(false, false, false), &BTreeSet::new(), Some(recent)),
+            Verdict::Leave
+        ));
+        assert!(matches!(verdict(&pod, &settings(false, false, false), &BTreeSet::new(), Some(older)), Verdict::Evict));
+        assert!(matches!(verdict(&pod, &settings(false, false, false), &BTreeSet::new(), None), Verdict::Evict));
+    }
+
+    #[test]
+    fn refusals_are_grouped_by_reason_in_kubectl_words() {
+        let pods = vec![pod(None, "Running", false), pod(DS, "Running", false)];
+        let classified =
+            classify(pods, &settings(false, false, false), &BTreeSet::from(["default/owner".to_owned()]), None);
+        let text = grouped(&classified.refused, "cannot delete ");
+        assert_eq!(
+            text,
+            "cannot delete DaemonSet-managed Pods (set drain.ignoreDaemonSets: true to ignore): default/bar; \
+             cannot delete Pods that declare no controller (set drain.force: true to override): default/bar"
+        );
     }
 }

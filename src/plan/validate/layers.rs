@@ -33,6 +33,7 @@ impl Layer {
                 timeout: defaults::DRAIN_TIMEOUT,
                 ignore_daemon_sets: defaults::IGNORE_DAEMON_SETS,
                 delete_empty_dir_data: defaults::DELETE_EMPTY_DIR_DATA,
+                force: defaults::FORCE,
                 grace_period: None,
                 pod_selector: None,
                 skip_wait_for_delete_timeout: None,
@@ -68,6 +69,7 @@ impl Checker<'_> {
             out.drain.timeout = self.duration_or(d.timeout.as_ref(), base.drain.timeout, "drain timeout");
             out.drain.ignore_daemon_sets = d.ignore_daemon_sets.unwrap_or(base.drain.ignore_daemon_sets);
             out.drain.delete_empty_dir_data = d.delete_empty_dir_data.unwrap_or(base.drain.delete_empty_dir_data);
+            out.drain.force = d.force.unwrap_or(base.drain.force);
             if let Some(g) = &d.grace_period {
                 out.drain.grace_period = self.duration_zero_ok(g, "grace period");
             }

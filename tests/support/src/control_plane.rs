@@ -39,7 +39,8 @@ pub const STUDIO_BATCHES: &str = "    - {name: control-plane, role: service, nod
 pub struct Shape<'a> {
     /// Lines under `spec` before `defaults`.
     pub spec: &'a str,
-    /// `defaults.drain`, as a YAML flow mapping.
+    /// `defaults.drain`, as a YAML flow mapping (by default with `force`: the studio's
+    /// `debug-shell` declares no controller, and kubectl's filters refuse it without).
     pub drain: &'a str,
     /// The upgrade hook, as YAML argv.
     pub hook: String,
@@ -49,7 +50,12 @@ pub struct Shape<'a> {
 
 impl Default for Shape<'_> {
     fn default() -> Self {
-        Shape { spec: "", drain: "{timeout: 1m}", hook: upgrade_hook(), batches: STUDIO_BATCHES.to_owned() }
+        Shape {
+            spec: "",
+            drain: "{timeout: 1m, force: true}",
+            hook: upgrade_hook(),
+            batches: STUDIO_BATCHES.to_owned(),
+        }
     }
 }
 
