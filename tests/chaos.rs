@@ -192,9 +192,10 @@ impl Target for ControlPlane {
         control_plane::upgrade_hook()
     }
 
-    // The studio's sessions are drained after 2 s: no user logs out in a chaos run.
+    // The studio's sessions are drained after 2 s: no user logs out in a chaos run; its
+    // bare debug-shell pod declares no controller, so the drain needs force.
     fn defaults() -> &'static str {
-        "    drain: {timeout: 30s}\n    sessions: {timeout: 2s, onTimeout: drain}\n"
+        "    drain: {timeout: 30s, force: true}\n    sessions: {timeout: 2s, onTimeout: drain}\n"
     }
 
     fn set_faults(&self, _: &[String]) {}
