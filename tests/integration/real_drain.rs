@@ -1,7 +1,9 @@
 //! noderoll's drain on the real control plane: a budget that the real disruption
 //! controller keeps, an emptyDir pod, DaemonSet pods left where they are, a pod already
-//! terminating, and the refusal when emptyDir data would be lost.
+//! terminating, the refusal when emptyDir data would be lost, and kubectl drain's
+//! verdicts beside noderoll's on the same pods.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 
 use serde_json::Value;
@@ -248,4 +250,161 @@ fn on_the_real_control_plane_a_drain_that_times_out_deletes_the_pods_a_budget_ho
     let journal = std::fs::read_to_string(dir.path().join(".noderoll/escalate.journal")).expect("journal");
     let record = journal.lines().find(|l| l.contains("\"event\":\"pod-deleted\"")).expect("a journaled deletion");
     assert!(record.contains("drain/held-") && record.contains("ws01/drain"), "{record}");
+}
+
+/// A mirror pod (as a kubelet makes for a static pod: the annotation, owned by its Node)
+/// and a bare pod that has finished: both filters of kubectl's that are not refusals.
+fn mirror_and_finished(node: &str, node_uid: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: static-{node}\n  namespace: drain\n  annotations: {{kubernetes.io/config.mirror: static}}\n  ownerReferences: [{{apiVersion: v1, kind: Node, name: {node}, uid: {node_uid}, controller: true}}]\nspec:\n  nodeName: {node}\n  tolerations: [{{operator: Exists}}]\n  containers: [{{name: app, image: app:1}}]\n\
+---\napiVersion: v1\nkind: Pod\nmetadata: {{name: finished, namespace: drain}}\nspec:\n  nodeName: {node}\n  restartPolicy: Never\n  tolerations: [{{operator: Exists}}]\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers: [{{name: app, image: app:1}}]\n"
+    )
+}
+
+/// One refusal: the hint that lifts it and the pods it names.
+type Refusals = BTreeMap<String, (String, BTreeSet<String>)>;
+
+/// `cannot delete <why> (<hint>): <pods>` groups, as kubectl's error line and
+/// noderoll's halt both give them, keyed by `<why>`. kubectl before 1.33 said `cannot
+/// delete` twice before its unmanaged-pod reason (the reason carried the words too).
+fn refusals(text: &str) -> Refusals {
+    text.replace("cannot delete cannot delete ", "cannot delete ")
+        .split("cannot delete ")
+        .skip(1)
+        .map(|part| {
+            let (why, rest) =
+                part.split_once(" (").unwrap_or_else(|| panic!("a reason and its hint in `{part}` of `{text}`"));
+            let (hint, pods) = rest.split_once("): ").unwrap_or_else(|| panic!("a hint and its pods: {rest}"));
+            let pods = pods.split([',', ';', ']']).map(str::trim).filter(|p| p.contains('/')).map(str::to_owned);
+            (why.to_owned(), (hint.to_owned(), pods.collect()))
+        })
+        .collect()
+}
+
+/// The plan setting that lifts the refusal kubectl lifts with each flag.
+const FLAG_SETTINGS: [(&str, &str); 3] = [
+    ("--ignore-daemonsets", "drain.ignoreDaemonSets: true"),
+    ("--delete-emptydir-data", "drain.deleteEmptyDirData: true"),
+    ("--force", "drain.force: true"),
+];
+
+/// kubectl drain's verdict on `node` with `flags`, asked with `--dry-run=client` (which
+/// lists and filters as a drain does, and changes nothing): its refusals, or the pods it
+/// would evict and its warnings.
+fn kubectl_verdict(plane: &ControlPlane, node: &str, flags: &[&str]) -> (Refusals, BTreeSet<String>, String) {
+    let mut args = vec!["drain", node, "--dry-run=client"];
+    args.extend_from_slice(flags);
+    let out = plane.kubectl(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let evicted = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("evicting pod ")?.strip_suffix(" (dry run)"))
+        .map(str::to_owned)
+        .collect();
+    let refused = stderr
+        .lines()
+        .find_map(|l| l.split_once("due to error: ").map(|(_, e)| e.split(", continuing command").next().unwrap_or(e)))
+        .map(refusals)
+        .unwrap_or_default();
+    assert_eq!(refused.is_empty(), out.status.success(), "kubectl {args:?}: {stdout}{stderr}");
+    let warnings = stderr.lines().filter_map(|l| l.strip_prefix("Warning: ")).collect::<Vec<_>>().join("\n");
+    (refused, evicted, warnings)
+}
+
+#[test]
+fn on_the_real_control_plane_noderoll_refuses_evicts_and_warns_as_kubectl_drain_does_on_the_same_pods() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    let others = pin_to(&plane, &studio, "ws01", WORKLOADS, 4);
+    for other in &others {
+        plane.kubectl_ok(&["uncordon", other]);
+    }
+    let node_uid = plane.kubectl_ok(&["get", "node", "ws01", "-o", "jsonpath={.metadata.uid}"]);
+    plane.apply_manifest(&mirror_and_finished("ws01", &node_uid));
+    plane.kubectl_ok(&[
+        "patch",
+        "pod",
+        "-n",
+        "drain",
+        "finished",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        "{\"status\":{\"phase\":\"Succeeded\"}}",
+    ]);
+    plane.eventually("the budget allows a disruption", || {
+        plane.kubectl_ok(&["get", "pdb", "-n", "drain", "budgeted", "-o", "jsonpath={.status.disruptionsAllowed}"])
+            == "1"
+    });
+
+    // Each run lifts one more of kubectl's refusals, in the order it reports them. The
+    // first states ignoreDaemonSets: false, kubectl's default (noderoll's is true).
+    let runs: [(&[&str], &str); 4] = [
+        (&[], "{timeout: 1m, ignoreDaemonSets: false}"),
+        (&["--ignore-daemonsets"], "{timeout: 1m, ignoreDaemonSets: true}"),
+        (
+            &["--ignore-daemonsets", "--delete-emptydir-data"],
+            "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true}",
+        ),
+        (
+            &["--ignore-daemonsets", "--delete-emptydir-data", "--force"],
+            "{timeout: 1m, ignoreDaemonSets: true, deleteEmptyDirData: true, force: true}",
+        ),
+    ];
+    let mut seen = BTreeSet::new();
+    for (i, (flags, drain)) in runs.iter().enumerate() {
+        let (expected, would_evict, kubectl_warnings) = kubectl_verdict(&plane, "ws01", flags);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plan = plan(dir.path(), &format!("side-{i}"), &one_node("ws01", drain));
+        let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if expected.is_empty() {
+            assert!(out.status.success(), "kubectl {flags:?} drains, so must noderoll with {drain}: {stderr}");
+            let evicted: BTreeSet<String> =
+                evictions(&plane).into_iter().filter(|(_, code)| *code == 201).map(|(pod, _)| pod).collect();
+            let would: BTreeSet<String> =
+                would_evict.iter().map(|p| p.rsplit('/').next().unwrap_or(p).to_owned()).collect();
+            assert_eq!(evicted, would, "noderoll evicts what kubectl {flags:?} would");
+            assert!(would.contains("leaving") && would.contains("finished"), "{would:?}");
+            assert!(!would.contains("static-ws01"), "the mirror pod stays: {would:?}");
+            // kubectl also warns, on every node, that it ignores DaemonSet pods; noderoll
+            // leaves them without a word (one such line per node would bury the rest), so
+            // the warnings compared are those of the pods deleted with nothing to recreate
+            // them.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let ours: Vec<String> = stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["event"] == "warning")
+                .filter_map(|e| e["message"].as_str().and_then(|m| m.strip_prefix("ws01: ")).map(str::to_owned))
+                .flat_map(|m| m.split("; ").map(str::to_owned).collect::<Vec<_>>())
+                .collect();
+            let theirs: Vec<&str> = kubectl_warnings
+                .lines()
+                .flat_map(|l| l.split("; "))
+                .filter(|w| !w.starts_with("ignoring DaemonSet-managed Pods"))
+                .collect();
+            assert!(!theirs.is_empty(), "kubectl warns of the pod nothing recreates: {kubectl_warnings}");
+            assert_eq!(ours, theirs, "noderoll warns as kubectl {flags:?} does");
+        } else {
+            assert!(!out.status.success(), "kubectl {flags:?} refuses, so must noderoll with {drain}");
+            let error = halted(&out.stdout)["failed"][0]["error"].as_str().unwrap_or_default().to_owned();
+            let got = refusals(&error);
+            let whys = |r: &Refusals| r.iter().map(|(why, (_, pods))| (why.clone(), pods.clone())).collect::<Vec<_>>();
+            assert_eq!(whys(&got), whys(&expected), "noderoll's refusals: {error}");
+            for (why, (hint, _)) in &expected {
+                let (flag, setting) = FLAG_SETTINGS
+                    .iter()
+                    .find(|(flag, _)| hint.contains(flag))
+                    .unwrap_or_else(|| panic!("a known kubectl flag in `{hint}`"));
+                assert!(got[why].0.contains(setting), "kubectl's {flag} is noderoll's {setting}: {error}");
+            }
+            assert!(evictions(&plane).is_empty(), "a refusing drain evicts nothing: {:?}", evictions(&plane));
+            plane.kubectl_ok(&["uncordon", "ws01"]);
+            seen.extend(expected.into_keys());
+        }
+    }
+    assert_eq!(seen.len(), 3, "the DaemonSet, local-storage and unmanaged refusals all came up: {seen:?}");
 }
