@@ -19,6 +19,9 @@ pub const JOURNAL_MISMATCH: i32 = 6;
 /// The rollout went through every node, but some failed within their batch's
 /// `maxFailures` and are left cordoned; running `apply` again retries them.
 pub const NODES_FAILED: i32 = 7;
+/// `apply` stopped because `noderoll abort` asked, or will not start because the rollout
+/// was aborted (`--resume-aborted` goes on).
+pub const ABORTED: i32 = 8;
 /// The rollout was interrupted (SIGINT / SIGTERM); running `apply` again resumes.
 pub const INTERRUPTED: i32 = 130;
 

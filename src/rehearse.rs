@@ -343,6 +343,7 @@ async fn run(
         journal: executor::journal_store::Location::File(journal_path.clone()),
         force: false,
         break_lock: false,
+        resume_aborted: false,
         lock_namespace: "kube-system".into(),
         clock,
         patience,

@@ -85,6 +85,10 @@ pub enum Command {
     Status(rollout::StatusArgs),
     /// Approve nodes waiting in an `uncordon: approve` step.
     Approve(rollout::ApproveArgs),
+    /// Stop a rollout (a running apply stops at its next safe point) and put back what can
+    /// be put back: nodes whose upgrade has not begun are uncordoned and return to DNS and
+    /// BGP; nodes whose upgrade began stay cordoned and are named.
+    Abort(rollout::AbortArgs),
     /// Print the JSON Schema of the plan format (the same as schemas/plan.schema.json).
     Schema,
     /// Print what a cluster needs to run the plan's rollout by itself in its maintenance
@@ -289,6 +293,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rehearse(args) => rollout::rehearse(args),
         Command::Status(args) => rollout::status(&args),
         Command::Approve(args) => rollout::approve(&args),
+        Command::Abort(args) => rollout::abort(args),
     }
 }
 

@@ -57,6 +57,16 @@ fn describe(event: &Event) -> Option<String> {
             change.replace('\n', "\n    ")
         ),
         Event::Halted { failed, cordoned, next } => halted(failed, cordoned, next),
+        Event::WaitingForHolder { holder } => format!(
+            "waiting for the running apply (`{holder}`) to stop at its next safe point (a running upgrade or verify hook finishes first)"
+        ),
+        Event::NodeRestored { node, actions } => format!("  put back {node}: {}", actions.join("; ")),
+        Event::Aborted { by, restored, left } => aborted(by, restored, left),
+        Event::StoppedForAbort { by, running } => format!(
+            "stopped: `noderoll abort` was asked by {by} with {} step(s) running ({}); it now puts the nodes back",
+            running.len(),
+            running.join(", ")
+        ),
         Event::Interrupted { running } => format!(
             "interrupted with {} step(s) running; run the same command again to resume: {}",
             running.len(),
@@ -113,6 +123,20 @@ fn push_failures(text: &mut String, failed: &[crate::executor::event::Failure], 
         text.push_str(&format!("  left cordoned: {}\n", cordoned.join(", ")));
     }
     text.push_str(&format!("  next: {next}"));
+}
+
+fn aborted(by: &str, restored: &[String], left: &[crate::executor::journal::LeftNode]) -> String {
+    let mut text = format!("aborted (asked by {by}): {} node(s) put back", restored.len());
+    if left.is_empty() {
+        text.push_str(", none left out of service");
+        return text;
+    }
+    text.push_str(&format!("; {} node(s) left cordoned, their upgrade begun:", left.len()));
+    for l in left {
+        text.push_str(&format!("\n  {}: reached {} ({})", l.node, l.step, l.state));
+    }
+    text.push_str("\n  next: check those nodes, then `noderoll apply PLAN --resume-aborted` goes on from where the rollout stopped (the nodes put back start over), or uncordon them by hand");
+    text
 }
 
 fn left_cordoned(cordoned: &[String]) -> String {
@@ -222,7 +246,11 @@ impl Observer for Bars {
                     bar.abandon_with_message(format!("{action} FAILED: {error}"));
                 }
             }
-            Event::Halted { .. } | Event::Interrupted { .. } | Event::Finished { .. } | Event::Paused { .. } => {
+            Event::Halted { .. }
+            | Event::Interrupted { .. }
+            | Event::StoppedForAbort { .. }
+            | Event::Finished { .. }
+            | Event::Paused { .. } => {
                 for (bar, _) in state.nodes.values() {
                     bar.abandon();
                 }

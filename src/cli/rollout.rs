@@ -13,7 +13,7 @@ use super::progress::{Bars, JsonLines, PlainLines};
 use super::{OutputFormat, interrupted, runtime};
 use crate::executor::clock::Clock;
 use crate::executor::event::{Fanout, Observer};
-use crate::executor::journal::{self, Record};
+use crate::executor::journal::{self, AbortState, Record};
 use crate::executor::journal_store::{self, Location};
 use crate::executor::node_state::{self, NodeState};
 use crate::executor::steps::HookSettings;
@@ -30,25 +30,23 @@ pub struct ApplyArgs {
     /// The plan file.
     #[arg(value_name = "PLAN")]
     pub plan: PathBuf,
-    /// The cluster's kubeconfig; KUBECONFIG, ~/.kube/config or in-cluster otherwise. Hooks
-    /// get it as KUBECONFIG too.
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
+    /// The cluster. Hooks get the kubeconfig as KUBECONFIG and the context as
+    /// NODEROLL_CONTEXT.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,
+    /// Go on with a rollout that `noderoll abort` stopped (the nodes it put back start
+    /// over, those it left cordoned go on from their step).
+    #[arg(long)]
+    pub resume_aborted: bool,
     /// Do not ask before the first change.
     #[arg(long, short)]
     pub yes: bool,
-    /// Go on with a journal written for a different version of the plan.
-    #[arg(long)]
-    pub force: bool,
-    /// Take the lock even if another run holds it (only when that run is known dead).
-    #[arg(long)]
-    pub break_lock: bool,
-    /// Namespace of the lock Lease.
-    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
-    pub lock_namespace: String,
+    /// The journal's plan version and the lock.
+    #[command(flatten)]
+    pub claim: ClaimArgs,
     /// `text`: progress bars (plain lines when stderr is not a terminal); `json`: one event
     /// per line on stdout.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
@@ -80,6 +78,46 @@ pub struct ApplyArgs {
     pub clock_start: Option<jiff::Timestamp>,
 }
 
+/// How a run claims a rollout: the journal must be of this plan's version, the lock free.
+#[derive(Debug, Args)]
+pub struct ClaimArgs {
+    /// Go on with a journal written for a different version of the plan.
+    #[arg(long)]
+    pub force: bool,
+    /// Take the lock even if another run holds it, without waiting (only when that run is
+    /// known dead: a live one goes on acting).
+    #[arg(long)]
+    pub break_lock: bool,
+    /// Namespace of the lock Lease.
+    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
+    pub lock_namespace: String,
+}
+
+/// The cluster, as kubectl is told it.
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// The cluster's kubeconfig; KUBECONFIG, ~/.kube/config or in-cluster otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (the current one otherwise).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl KubeArgs {
+    async fn connect(&self) -> Result<kube::Client> {
+        Ok(crate::world::kube::connect_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+    }
+
+    /// The words a confirmation names the cluster with.
+    fn named(&self) -> String {
+        match &self.context {
+            Some(context) => format!("the cluster of kubeconfig context `{context}`"),
+            None => "the cluster of the current kubeconfig context".to_owned(),
+        }
+    }
+}
+
 /// Where a rollout's journal is.
 #[derive(Debug, Args)]
 pub struct JournalArgs {
@@ -103,11 +141,11 @@ impl JournalArgs {
 }
 
 /// Reads a journal; a ConfigMap through the kubeconfig's cluster.
-fn read_journal(location: &Location, kubeconfig: Option<&Path>) -> Result<journal::Replay> {
+fn read_journal(location: &Location, kube: &KubeArgs) -> Result<journal::Replay> {
     let replay = match location {
         Location::File(path) => journal::read(path),
         Location::ConfigMap { .. } => runtime()?.block_on(async {
-            let client = crate::world::kube::connect(kubeconfig).await?;
+            let client = kube.connect().await?;
             Ok::<_, Error>(journal_store::read(location, &client, &Patience::default()).await)
         })?,
     };
@@ -159,9 +197,9 @@ pub struct StatusArgs {
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,
-    /// The cluster's kubeconfig, for a journal kept in a ConfigMap.
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
+    /// The cluster, for a journal kept in a ConfigMap.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// `text` or `json`.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -180,9 +218,85 @@ pub struct ApproveArgs {
     /// Where the journal is.
     #[command(flatten)]
     pub journal: JournalArgs,
-    /// The cluster's kubeconfig, for a journal kept in a ConfigMap.
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
+    /// The cluster, for a journal kept in a ConfigMap.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// `noderoll abort`.
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// The plan file.
+    #[arg(value_name = "PLAN")]
+    pub plan: PathBuf,
+    /// The cluster.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+    /// How long to wait for a running apply to stop at its next safe point (its running
+    /// upgrade or verify hook finishes first), e.g. `30m`.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::plan::duration::parse_positive)]
+    pub wait: std::time::Duration,
+    /// The journal's plan version and the lock.
+    #[command(flatten)]
+    pub claim: ClaimArgs,
+    /// `text`: what it does on stderr, the outcome on stdout; `json`: one event per line
+    /// on stdout, then the outcome.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+pub(super) fn abort(args: AbortArgs) -> Result<i32> {
+    let (plan, text) = load(&args.plan)?;
+    let plan_dir = args.plan.parent().unwrap_or_else(|| Path::new("."));
+    let dns = plan.load_balancer.dns.as_ref().map(|dns| crate::world::dns::provider(dns, plan_dir)).transpose()?;
+    let state = state_dir(&args.plan);
+    init_tracing(&state.join(format!("{}.log", plan_stem(&args.plan))))?;
+    let options = Options {
+        journal: args.journal.location(&args.plan),
+        force: args.claim.force,
+        break_lock: args.claim.break_lock,
+        resume_aborted: false,
+        lock_namespace: args.claim.lock_namespace.clone(),
+        clock: Clock::scaled(None, 1.0),
+        patience: Patience::default(),
+        windows: WindowMode::Wait,
+        hooks: HookSettings { log_dir: state.join(format!("{}.logs", plan_stem(&args.plan))), env: Vec::new() },
+        rehearsal: None,
+    };
+    let outcome = runtime()?.block_on(async {
+        let client = crate::world::kube::connect_with_failover(
+            args.kube.kubeconfig.as_deref(),
+            args.kube.context.as_deref(),
+            &plan.api_servers,
+        )
+        .await?;
+        let rollout = Rollout::plan(&client, plan, &text, &options.patience).await?;
+        Ok::<_, Error>(executor::abort::abort(client, rollout, &options, dns, observer(args.output), args.wait).await?)
+    })?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&outcome)?),
+        OutputFormat::Text => println!("{}", describe_abort(&outcome, &options.journal)),
+    }
+    Ok(exit_code::SUCCESS)
+}
+
+fn describe_abort(outcome: &executor::abort::AbortOutcome, journal: &Location) -> String {
+    use executor::abort::AbortOutcome;
+    let left = |left: &[journal::LeftNode]| {
+        left.iter().map(|l| format!("\n  left cordoned: {} at {} ({})", l.node, l.step, l.state)).collect::<String>()
+    };
+    match outcome {
+        AbortOutcome::Aborted { restored, left: l, .. } => {
+            format!("aborted: {} node(s) put back, {} left out of service{}", restored.len(), l.len(), left(l))
+        }
+        AbortOutcome::AlreadyAborted { at, left: l } => {
+            format!("already aborted at {at}; nothing changed{}", left(l))
+        }
+        AbortOutcome::Finished => format!("the rollout in {journal} has finished; there is nothing to abort"),
+    }
 }
 
 fn load(path: &Path) -> Result<(Plan, String)> {
@@ -279,21 +393,30 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
     init_tracing(&log_file)?;
     let runtime = runtime()?;
     runtime.block_on(async {
-        let client = crate::world::kube::connect_with_failover(args.kubeconfig.as_deref(), &plan.api_servers).await?;
-        if !args.yes && !confirm(&plan, "the cluster of the current kubeconfig context")? {
+        let client = crate::world::kube::connect_with_failover(
+            args.kube.kubeconfig.as_deref(),
+            args.kube.context.as_deref(),
+            &plan.api_servers,
+        )
+        .await?;
+        if !args.yes && !confirm(&plan, &args.kube.named())? {
             eprintln!("nothing changed");
             return Ok(exit_code::SUCCESS);
         }
         let mut env = Vec::new();
-        if let Some(path) = &args.kubeconfig {
+        if let Some(path) = &args.kube.kubeconfig {
             let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
             env.push(("KUBECONFIG".into(), absolute.into_os_string()));
         }
+        if let Some(context) = &args.kube.context {
+            env.push(("NODEROLL_CONTEXT".into(), context.into()));
+        }
         let options = Options {
             journal: journal_location.clone(),
-            force: args.force,
-            break_lock: args.break_lock,
-            lock_namespace: args.lock_namespace.clone(),
+            force: args.claim.force,
+            break_lock: args.claim.break_lock,
+            resume_aborted: args.resume_aborted,
+            lock_namespace: args.claim.lock_namespace.clone(),
             clock: Clock::scaled(args.clock_start, args.time_scale),
             patience: Patience::default(),
             windows: if args.until_window_end { WindowMode::Pause } else { WindowMode::Wait },
@@ -466,24 +589,32 @@ fn render_report(report: &Report, kept: bool) -> String {
 
 pub(super) fn status(args: &StatusArgs) -> Result<i32> {
     let location = args.journal.location(&args.plan);
-    let replay = read_journal(&location, args.kubeconfig.as_deref())?;
+    let replay = read_journal(&location, &args.kube)?;
     if replay.records.is_empty() {
         return Err(Error::Refused(format!(
             "no rollout has started: the journal {location} does not exist or is empty"
         )));
     }
     let nodes = node_state::from_replay(&replay);
-    let last = match replay.records.last() {
-        Some(Record::Finished { .. }) => "finished",
-        Some(Record::Halted { .. }) => "halted",
-        Some(Record::Incomplete { .. }) => "incomplete: every node was tried, and the failed ones wait to be retried",
-        Some(Record::Interrupted { .. }) => "interrupted",
-        Some(Record::Paused { .. }) => "paused until the next window",
-        _ => "running or killed",
+    let last = match (&replay.abort, replay.records.last()) {
+        (Some(AbortState::Done { at, by, left, .. }), _) => {
+            format!("aborted at {at} by {by}, {} node(s) left cordoned; `apply --resume-aborted` goes on", left.len())
+        }
+        (Some(AbortState::Requested { at, by }), _) => {
+            format!("aborting: asked at {at} by {by} and not finished (if no `noderoll abort` runs, run it again)")
+        }
+        (None, Some(Record::Finished { .. })) => "finished".to_owned(),
+        (None, Some(Record::Halted { .. })) => "halted".to_owned(),
+        (None, Some(Record::Incomplete { .. })) => {
+            "incomplete: every node was tried, and the failed ones wait to be retried".to_owned()
+        }
+        (None, Some(Record::Interrupted { .. })) => "interrupted".to_owned(),
+        (None, Some(Record::Paused { .. })) => "paused until the next window".to_owned(),
+        _ => "running or killed".to_owned(),
     };
     let count = |state: NodeState| nodes.iter().filter(|n| n.state == state).count();
     let summary = serde_json::json!({
-        "plan": replay.plan_name, "journal": location.to_string(), "last": last,
+        "plan": replay.plan_name, "journal": location.to_string(), "last": last, "abort": replay.abort,
         "nodes": nodes.len(), "done": count(NodeState::Done), "inProgress": count(NodeState::InProgress),
         "failed": count(NodeState::Failed), "pending": count(NodeState::Pending),
         "cordoned": nodes.iter().filter(|n| n.cordoned).map(|n| n.node.as_str()).collect::<Vec<_>>(),
@@ -513,7 +644,7 @@ pub(super) fn status(args: &StatusArgs) -> Result<i32> {
 
 pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
     let location = args.journal.location(&args.plan);
-    let replay = read_journal(&location, args.kubeconfig.as_deref())?;
+    let replay = read_journal(&location, &args.kube)?;
     let known: Vec<&String> = replay.batches.iter().flat_map(|b| &b.nodes).collect();
     for key in &args.nodes {
         let (node, dns_step) = match StepRef::parse(key) {
@@ -533,7 +664,7 @@ pub(super) fn approve(args: &ApproveArgs) -> Result<i32> {
         match &location {
             Location::File(path) => journal::append_to_path(path, &record),
             Location::ConfigMap { .. } => runtime()?.block_on(async {
-                let client = crate::world::kube::connect(args.kubeconfig.as_deref()).await?;
+                let client = args.kube.connect().await?;
                 Ok::<_, Error>(journal_store::append_once(&location, &client, &Patience::default(), &record).await)
             })?,
         }

@@ -36,6 +36,8 @@ pub(super) struct Dispatch<'p> {
     failures: Vec<Failure>,
     /// No new node starts.
     halted: bool,
+    /// Nothing more starts at all: an abort was asked.
+    stopped: bool,
     /// The chain each node step belongs to, by step index.
     chain_of: Vec<Option<usize>>,
     /// Chains given up on after a failure within their batch's budget.
@@ -99,6 +101,7 @@ impl<'p> Dispatch<'p> {
             started_nodes,
             failures: Vec::new(),
             halted: false,
+            stopped: false,
             chain_of,
             given_up: vec![false; planned.chains.len()],
             spent: vec![0; planned.batches.len()],
@@ -108,6 +111,12 @@ impl<'p> Dispatch<'p> {
     /// Whether the run stopped starting nodes: something failed beyond a failure budget.
     pub(super) fn halting(&self) -> bool {
         self.halted
+    }
+
+    /// Starts nothing more, not even the next step of a node at work: an abort was asked,
+    /// and it puts the nodes back.
+    pub(super) fn stop(&mut self) {
+        self.stopped = true;
     }
 
     /// Records a failure that halts the run: from now on no new node starts.
@@ -190,6 +199,9 @@ impl<'p> Dispatch<'p> {
     /// while a window is `closed`, steps [`held_by_window`] wait.
     pub(super) fn launch(&mut self, closed: bool, window: Option<&WindowPlan>) -> Launch {
         let mut launch = Launch::default();
+        if self.stopped {
+            return launch;
+        }
         for (index, step) in self.planned.graph.steps() {
             let i = index.index();
             if self.launched[i] || self.waiting[i] > 0 {

@@ -145,6 +145,35 @@ pub enum Event {
         /// Steps that were running.
         running: Vec<String>,
     },
+    /// `noderoll abort` waits for the running `apply` to stop at its next safe point.
+    WaitingForHolder {
+        /// Who holds the rollout's lock.
+        holder: String,
+    },
+    /// The abort put a node back (`actions` says what it did and what it could not).
+    NodeRestored {
+        /// The node.
+        node: String,
+        /// What was done.
+        actions: Vec<String>,
+    },
+    /// The abort is done.
+    Aborted {
+        /// Who asked.
+        by: String,
+        /// The nodes put back.
+        restored: Vec<String>,
+        /// The nodes left out of service, each with the step it reached.
+        left: Vec<crate::executor::journal::LeftNode>,
+    },
+    /// `noderoll abort` asked and the run stopped: nothing more started, the running steps
+    /// were cut off (hooks finished first). The abort puts the nodes back.
+    StoppedForAbort {
+        /// Who asked.
+        by: String,
+        /// Steps that were running when it asked.
+        running: Vec<String>,
+    },
     /// The run went through every node: each is done, or failed within its batch's
     /// `maxFailures` (then `failed` names the steps and `cordoned` the nodes left cordoned).
     Finished {

@@ -118,6 +118,105 @@ pub enum Record {
         /// When.
         at: String,
     },
+    /// `noderoll abort` asked the rollout to stop and put back what it can. A running
+    /// `apply` reads it as it reads approvals and stops at its next safe point.
+    AbortRequested {
+        /// When.
+        at: String,
+        /// Who (user and host).
+        by: String,
+    },
+    /// The abort is about to put a node back, written before it acts. The node's steps
+    /// are forgotten from here on (a later run starts it over); `steps` keeps what they
+    /// journaled, which the putting back reads (was it cordoned before, the BGP label's
+    /// value), so an abort killed half-way can run again.
+    Restoring {
+        /// When.
+        at: String,
+        /// The node.
+        node: String,
+        /// Its steps' journaled detail, by step id.
+        steps: BTreeMap<String, Value>,
+    },
+    /// The abort put a node back.
+    Restored {
+        /// When.
+        at: String,
+        /// The node.
+        node: String,
+        /// What was done, and what could not be (a record left out because the node is
+        /// not Ready).
+        actions: Vec<String>,
+    },
+    /// The abort is done: nodes not yet upgraded are back in service, and `left` are the
+    /// nodes whose upgrade had begun, still cordoned.
+    #[serde(rename_all = "camelCase")]
+    Aborted {
+        /// When.
+        at: String,
+        /// Who asked.
+        by: String,
+        /// The nodes put back.
+        restored: Vec<String>,
+        /// The nodes left out of service, each with the step it reached.
+        left: Vec<LeftNode>,
+    },
+}
+
+/// A node an abort left out of service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftNode {
+    /// The node.
+    pub node: String,
+    /// The furthest step it reached (`ws03/upgrade`).
+    pub step: String,
+    /// How that step stands: `finished`, `cut off` (in flight when the run stopped) or
+    /// `failed: …`.
+    pub state: String,
+}
+
+/// Where an abort stands, as the journal tells it since the last `Begin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum AbortState {
+    /// `noderoll abort` asked (by whom, when) and has not finished putting things back.
+    Requested {
+        /// When.
+        at: String,
+        /// Who.
+        by: String,
+    },
+    /// The abort finished.
+    Done {
+        /// When.
+        at: String,
+        /// Who asked.
+        by: String,
+        /// The nodes put back.
+        restored: Vec<String>,
+        /// The nodes left out of service.
+        left: Vec<LeftNode>,
+    },
+}
+
+/// What another process asks of a running rollout by appending to its journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `noderoll approve`: a node's uncordon, or a manual DNS step.
+    Approve(String),
+    /// `noderoll abort`, by whom.
+    Abort(String),
+}
+
+impl Request {
+    /// The request a record makes, if it is one another process may append.
+    pub fn of(record: Record) -> Option<Request> {
+        match record {
+            Record::Approved { node, .. } => Some(Request::Approve(node)),
+            Record::AbortRequested { by, .. } => Some(Request::Abort(by)),
+            _ => None,
+        }
+    }
 }
 
 /// A batch and its nodes, as a run resolved them.
@@ -213,6 +312,10 @@ pub struct Replay {
     pub approved: BTreeSet<String>,
     /// The last record is `Finished`.
     pub complete: bool,
+    /// An abort since the last `Begin`.
+    pub abort: Option<AbortState>,
+    /// Nodes an abort began to put back and has not finished, with their steps' detail.
+    pub restoring: BTreeMap<String, BTreeMap<String, Value>>,
     /// Bytes of the valid prefix; a torn last line lies past it.
     pub valid_len: u64,
     /// A torn last line was found (and is ignored).
@@ -229,6 +332,8 @@ impl Replay {
                 self.plan_hash = Some(plan_hash.clone());
                 self.plan_text = Some(plan_text.clone());
                 self.complete = false;
+                self.abort = None;
+                self.restoring.clear();
             }
             Record::StepStarted { step, detail, .. } => {
                 self.failed.remove(step);
@@ -247,6 +352,29 @@ impl Replay {
                 self.approved.insert(node.clone());
             }
             Record::Finished { .. } => self.complete = true,
+            Record::AbortRequested { at, by } => {
+                if !matches!(self.abort, Some(AbortState::Requested { .. })) {
+                    self.abort = Some(AbortState::Requested { at: at.clone(), by: by.clone() });
+                }
+            }
+            Record::Restoring { node, steps, .. } => {
+                for maps in [&mut self.finished, &mut self.in_flight] {
+                    maps.retain(|id, _| !steps.contains_key(id));
+                }
+                self.failed.retain(|id, _| !steps.contains_key(id));
+                self.restoring.entry(node.clone()).or_default().extend(steps.clone());
+            }
+            Record::Restored { node, .. } => {
+                self.restoring.remove(node);
+            }
+            Record::Aborted { at, by, restored, left } => {
+                self.abort = Some(AbortState::Done {
+                    at: at.clone(),
+                    by: by.clone(),
+                    restored: restored.clone(),
+                    left: left.clone(),
+                });
+            }
             Record::PodDeleted { .. }
             | Record::Halted { .. }
             | Record::Incomplete { .. }
@@ -332,8 +460,8 @@ impl Journal {
         append_to(&mut self.file, &self.path, record)
     }
 
-    /// Approvals other processes appended since the last call.
-    pub fn new_approvals(&mut self) -> Result<Vec<String>, JournalError> {
+    /// Requests other processes appended since the last call.
+    pub fn new_requests(&mut self) -> Result<Vec<Request>, JournalError> {
         let path = &self.path;
         let error = |action| move |source| JournalError::Io { action, path: path.clone(), source };
         let mut bytes = Vec::new();
@@ -343,10 +471,7 @@ impl Journal {
         self.read_offset += complete as u64;
         Ok(bytes[..complete]
             .split(|b| *b == b'\n')
-            .filter_map(|line| match serde_json::from_slice::<Record>(line) {
-                Ok(Record::Approved { node, .. }) => Some(node),
-                _ => None,
-            })
+            .filter_map(|line| serde_json::from_slice::<Record>(line).ok().and_then(Request::of))
             .collect())
     }
 }
@@ -382,6 +507,26 @@ pub fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Millisecond)
         .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
+}
+
+/// The replay of a journal that begins a run over `nodes` (one batch, `b`) and goes on with
+/// `records`: what the tests of the journal's readers start from.
+#[cfg(test)]
+pub(crate) fn replay_after_begin(nodes: &[&str], records: &[Record]) -> Replay {
+    let begin = Record::Begin {
+        at: "t".into(),
+        plan: "p".into(),
+        plan_hash: "h".into(),
+        plan_text: String::new(),
+        holder: "me".into(),
+        batches: vec![BatchNodes { name: "b".into(), nodes: nodes.iter().map(|n| (*n).to_owned()).collect() }],
+    };
+    let mut text = String::new();
+    for r in std::iter::once(&begin).chain(records) {
+        text.push_str(&serde_json::to_string(r).expect("record"));
+        text.push('\n');
+    }
+    parse(Path::new("j"), text.as_bytes()).expect("parses")
 }
 
 #[cfg(test)]
@@ -434,15 +579,19 @@ mod tests {
     }
 
     #[test]
-    fn approvals_appended_by_another_writer_are_seen() {
+    fn approvals_and_aborts_appended_by_another_writer_are_seen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j");
         let mut journal = Journal::open(&path, &Replay::default()).expect("open");
         journal.append(&started("x")).expect("append");
-        assert!(journal.new_approvals().expect("read").is_empty());
+        assert!(journal.new_requests().expect("read").is_empty());
         append_to_path(&path, &Record::Approved { at: "t".into(), node: "cp1".into(), by: "me".into() })
             .expect("approve");
-        assert_eq!(journal.new_approvals().expect("read"), ["cp1"]);
-        assert!(journal.new_approvals().expect("read").is_empty());
+        append_to_path(&path, &Record::AbortRequested { at: "t".into(), by: "you".into() }).expect("abort");
+        assert_eq!(
+            journal.new_requests().expect("read"),
+            [Request::Approve("cp1".into()), Request::Abort("you".into())]
+        );
+        assert!(journal.new_requests().expect("read").is_empty());
     }
 }

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-use super::journal::{self, Journal, JournalError, Record, Replay};
+use super::journal::{self, Journal, JournalError, Record, Replay, Request};
 use crate::world::retry::{self, Patience};
 
 /// The key of the compressed journal in the ConfigMap's `binaryData`.
@@ -118,16 +118,17 @@ impl Store {
         }
     }
 
-    /// Approvals other processes added since the last call.
-    pub async fn new_approvals(&mut self) -> Result<Vec<String>, JournalError> {
+    /// Requests (approvals, an abort) other processes added since the last call.
+    pub async fn new_requests(&mut self) -> Result<Vec<Request>, JournalError> {
         match self {
-            Store::File(j) => j.new_approvals(),
-            Store::ConfigMap(j) => j.new_approvals().await,
+            Store::File(j) => j.new_requests(),
+            Store::ConfigMap(j) => j.new_requests().await,
         }
     }
 }
 
-/// Appends one record as another process (`noderoll approve`).
+/// Appends one request (an approval, an abort) as another process than the rollout's,
+/// which may be appending meanwhile.
 pub async fn append_once(
     location: &Location,
     client: &kube::Client,
@@ -137,7 +138,7 @@ pub async fn append_once(
     match location {
         Location::File(path) => journal::append_to_path(path, record),
         Location::ConfigMap { .. } => {
-            ConfigMapJournal::open(location, client, patience, false).await?.append(record).await
+            ConfigMapJournal::open(location, client, patience, false).await?.append_request(record).await
         }
     }
 }
@@ -153,8 +154,8 @@ pub struct ConfigMapJournal {
     text: String,
     /// The ConfigMap's resourceVersion then.
     version: String,
-    /// Approvals found while resolving a conflict, not yet handed out.
-    approvals: Vec<String>,
+    /// Requests found while resolving a conflict, not yet handed out.
+    requests: Vec<Request>,
     last_poll: Option<tokio::time::Instant>,
 }
 
@@ -185,56 +186,84 @@ impl ConfigMapJournal {
             patience: patience.clone(),
             text,
             version,
-            approvals: Vec::new(),
+            requests: Vec::new(),
             last_poll: None,
         })
     }
 
     async fn append(&mut self, record: &Record) -> Result<(), JournalError> {
         let line = serde_json::to_string(record).map_err(|e| self.error("encode a record for", e.to_string()))?;
-        let params = PostParams::default();
         loop {
-            let text = format!("{}{line}\n", self.text);
-            let packed = pack(&text).map_err(|e| self.error("compress", e.to_string()))?;
-            if packed.len() > LIMIT {
-                return Err(JournalError::Full { location: self.location.to_string(), bytes: packed.len() });
-            }
-            let mut object = config_map(&self.name, packed);
-            object.metadata.resource_version = Some(self.version.clone());
-            let result = retry::call(&self.patience, || self.api.replace(&self.name, &params, &object)).await;
-            match result {
-                Ok(stored) => {
-                    self.text = text;
-                    self.version = stored.metadata.resource_version.unwrap_or_default();
-                    return Ok(());
-                }
+            match self.put(&line).await {
                 // A write whose answer was lost and was retried also ends here: then our
                 // own line is what was added, and the record is stored.
-                Err(kube::Error::Api(status)) if status.code == 409 => {
+                Err(JournalError::Api { source: kube::Error::Api(status), .. }) if status.code == 409 => {
                     if self.catch_up(Some(&line)).await? {
                         return Ok(());
                     }
                 }
-                Err(source) => {
-                    return Err(JournalError::Api { action: "write", location: self.location.to_string(), source });
-                }
+                other => return other,
             }
         }
     }
 
-    async fn new_approvals(&mut self) -> Result<Vec<String>, JournalError> {
+    /// Appends a request at the journal's end as it is now: the rollout's own records
+    /// added meanwhile are no conflict for a request, which is read wherever it lands.
+    async fn append_request(&mut self, record: &Record) -> Result<(), JournalError> {
+        let line = serde_json::to_string(record).map_err(|e| self.error("encode a record for", e.to_string()))?;
+        loop {
+            match self.put(&line).await {
+                Err(JournalError::Api { source: kube::Error::Api(status), .. }) if status.code == 409 => {
+                    let (text, version) = fetch(&self.location, &self.client, &self.patience).await?;
+                    let Some(version) = version else {
+                        return Err(JournalError::Missing { location: self.location.to_string() });
+                    };
+                    // A write whose answer was lost and was retried: ours is stored.
+                    let added = text.strip_prefix(self.text.as_str()).unwrap_or_default();
+                    if added.lines().any(|l| l == line) {
+                        return Ok(());
+                    }
+                    self.text = text;
+                    self.version = version;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One compare-and-set write of the journal with `line` added.
+    async fn put(&mut self, line: &str) -> Result<(), JournalError> {
+        let text = format!("{}{line}\n", self.text);
+        let packed = pack(&text).map_err(|e| self.error("compress", e.to_string()))?;
+        if packed.len() > LIMIT {
+            return Err(JournalError::Full { location: self.location.to_string(), bytes: packed.len() });
+        }
+        let mut object = config_map(&self.name, packed);
+        object.metadata.resource_version = Some(self.version.clone());
+        let params = PostParams::default();
+        match retry::call(&self.patience, || self.api.replace(&self.name, &params, &object)).await {
+            Ok(stored) => {
+                self.text = text;
+                self.version = stored.metadata.resource_version.unwrap_or_default();
+                Ok(())
+            }
+            Err(source) => Err(JournalError::Api { action: "write", location: self.location.to_string(), source }),
+        }
+    }
+
+    async fn new_requests(&mut self) -> Result<Vec<Request>, JournalError> {
         if self.last_poll.is_some_and(|t| t.elapsed() < APPROVAL_POLL) {
-            return Ok(std::mem::take(&mut self.approvals));
+            return Ok(std::mem::take(&mut self.requests));
         }
         self.last_poll = Some(tokio::time::Instant::now());
         self.catch_up(None).await?;
-        Ok(std::mem::take(&mut self.approvals))
+        Ok(std::mem::take(&mut self.requests))
     }
 
     /// Reads the ConfigMap again: what was added since our last read or write must be
-    /// approvals only, which are adopted, or `ours` (a record this process is writing, whose
-    /// stored-answer was lost); anything else is another rollout writing. Returns whether
-    /// `ours` was found stored.
+    /// requests only (approvals, an abort), which are adopted, or `ours` (a record this
+    /// process is writing, whose stored-answer was lost); anything else is another rollout
+    /// writing. Returns whether `ours` was found stored.
     async fn catch_up(&mut self, ours: Option<&str>) -> Result<bool, JournalError> {
         let (text, version) = fetch(&self.location, &self.client, &self.patience).await?;
         let Some(version) = version else { return Err(JournalError::Missing { location: self.location.to_string() }) };
@@ -242,19 +271,19 @@ impl ConfigMapJournal {
             return Ok(false);
         }
         let added = text.strip_prefix(self.text.as_str()).ok_or_else(|| self.conflict())?;
-        let mut approvals = Vec::new();
+        let mut requests = Vec::new();
         let mut found_ours = false;
         for line in added.lines().filter(|l| !l.trim().is_empty()) {
             if ours == Some(line) && !found_ours {
                 found_ours = true;
                 continue;
             }
-            match serde_json::from_str::<Record>(line) {
-                Ok(Record::Approved { node, .. }) => approvals.push(node),
-                _ => return Err(self.conflict()),
+            match serde_json::from_str::<Record>(line).ok().and_then(Request::of) {
+                Some(request) => requests.push(request),
+                None => return Err(self.conflict()),
             }
         }
-        self.approvals.extend(approvals);
+        self.requests.extend(requests);
         self.text = text;
         self.version = version;
         Ok(found_ours)

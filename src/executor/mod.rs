@@ -14,8 +14,10 @@
 //! plan.
 //!
 //! - [`journal`]: the checkpoint file; [`lock`]: the per-plan Lease.
+//! - [`abort`]: stopping a rollout and putting back what can be put back.
 //! - [`steps`]: what each action does; [`event`]: what the run reports.
 
+pub mod abort;
 pub mod clock;
 mod dispatch;
 pub mod event;
@@ -53,6 +55,8 @@ pub struct Options {
     pub force: bool,
     /// Take the lock from a live holder.
     pub break_lock: bool,
+    /// Go on with a rollout that was aborted.
+    pub resume_aborted: bool,
     /// Namespace of the lock Lease.
     pub lock_namespace: String,
     /// Plan time (the wall clock for a real rollout).
@@ -144,6 +148,12 @@ pub enum Outcome {
     },
     /// SIGINT or SIGTERM.
     Interrupted,
+    /// `noderoll abort` asked, and the run stopped at a safe point for it to put the nodes
+    /// back.
+    StoppedForAbort {
+        /// Who asked.
+        by: String,
+    },
     /// The maintenance window closed (or was not open) and the nodes in progress are done;
     /// only with [`WindowMode::Pause`]. The next run resumes.
     Paused {
@@ -162,6 +172,7 @@ impl Outcome {
             Outcome::Halted { .. } => Ending::Halted,
             Outcome::Incomplete { .. } => Ending::Incomplete,
             Outcome::Interrupted => Ending::Interrupted,
+            Outcome::StoppedForAbort { .. } => Ending::Aborted,
             Outcome::Paused { .. } => Ending::Paused,
         }
     }
@@ -181,6 +192,8 @@ pub enum Ending {
     Interrupted,
     /// The maintenance window closed with nodes left.
     Paused,
+    /// Stopped for `noderoll abort`.
+    Aborted,
 }
 
 impl Ending {
@@ -191,6 +204,7 @@ impl Ending {
             Ending::Halted => exit_code::HALTED,
             Ending::Incomplete => exit_code::NODES_FAILED,
             Ending::Interrupted => exit_code::INTERRUPTED,
+            Ending::Aborted => exit_code::ABORTED,
             // A scheduled run that ends with its window did what it was started for.
             Ending::Paused => exit_code::SUCCESS,
         }
@@ -205,6 +219,7 @@ impl std::fmt::Display for Ending {
             Ending::Incomplete => "incomplete",
             Ending::Interrupted => "interrupted",
             Ending::Paused => "paused",
+            Ending::Aborted => "aborted",
         })
     }
 }
@@ -243,6 +258,26 @@ pub enum ExecError {
     /// Reading the cluster's nodes failed.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// The rollout was aborted, or its abort has not finished: `apply` does not undo an
+    /// abort by itself.
+    #[error("{0}")]
+    Aborted(String),
+    /// There is no rollout to abort.
+    #[error("there is no rollout to abort: the journal {journal} does not exist or is empty")]
+    NothingToAbort {
+        /// The journal.
+        journal: String,
+    },
+    /// Putting a node back failed; the journal says how far it got.
+    #[error(
+        "the abort could not put {node} back: {source}; what it did is journaled, so fix that and run `noderoll abort` again to finish"
+    )]
+    Restore {
+        /// The node.
+        node: String,
+        /// The cause (boxed: a step's error is large, and rare here).
+        source: Box<StepError>,
+    },
 }
 
 impl KnowsExitCode for ExecError {
@@ -254,6 +289,7 @@ impl KnowsExitCode for ExecError {
             ExecError::PlanChanged { .. } | ExecError::Journal(JournalError::Corrupt { .. }) => {
                 exit_code::JOURNAL_MISMATCH
             }
+            ExecError::Aborted(_) => exit_code::ABORTED,
             ExecError::Planner(e) => e.exit_code(),
             ExecError::Inventory(e) => e.exit_code(),
             _ => exit_code::FAILURE,
@@ -266,6 +302,46 @@ pub fn plan_hash(text: &str) -> String {
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// The plan's hash, unless the journal belongs to another version of it (and `--force` was
+/// not given).
+fn check_plan(replay: &journal::Replay, text: &str, options: &Options) -> Result<String, ExecError> {
+    let hash = plan_hash(text);
+    if let (Some(recorded), Some(recorded_text)) = (&replay.plan_hash, &replay.plan_text)
+        && *recorded != hash
+        && !options.force
+    {
+        let diff = similar::TextDiff::from_lines(recorded_text.as_str(), text)
+            .unified_diff()
+            .context_radius(2)
+            .header("plan in the journal", "plan now")
+            .to_string();
+        return Err(ExecError::PlanChanged { journal: options.journal.to_string(), diff });
+    }
+    Ok(hash)
+}
+
+/// Why `apply` will not go on with an aborted rollout, and what to do.
+fn refusal(state: &journal::AbortState, location: &journal_store::Location) -> String {
+    match state {
+        journal::AbortState::Requested { at, by } => format!(
+            "an abort of the rollout in {location} was asked at {at} by {by} and has not finished; run `noderoll abort` again to finish putting the nodes back, or `apply --resume-aborted` to go on with the rollout instead"
+        ),
+        journal::AbortState::Done { at, by, left, .. } => {
+            let left = match left.is_empty() {
+                true => String::new(),
+                false => format!(
+                    " ({} left cordoned: {})",
+                    left.len(),
+                    left.iter().map(|l| format!("{} at {}", l.node, l.step)).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            format!(
+                "the rollout in {location} was aborted at {at} by {by}{left}; apply does not undo an abort by itself: run it with --resume-aborted to go on from where it stopped (the nodes put back start over, those left cordoned go on from their step)"
+            )
+        }
+    }
+}
+
 /// Runs (or resumes) a rollout until it finishes, halts or `interrupt` fires.
 pub async fn apply(
     client: kube::Client,
@@ -276,17 +352,9 @@ pub async fn apply(
     interrupt: impl Future<Output = ()>,
 ) -> Result<Outcome, ExecError> {
     let replay = journal_store::read(&options.journal, &client, &options.patience).await?;
-    let hash = plan_hash(&rollout.text);
-    if let (Some(recorded), Some(text)) = (&replay.plan_hash, &replay.plan_text)
-        && *recorded != hash
-        && !options.force
-    {
-        let diff = similar::TextDiff::from_lines(text.as_str(), rollout.text.as_str())
-            .unified_diff()
-            .context_radius(2)
-            .header("plan in the journal", "plan now")
-            .to_string();
-        return Err(ExecError::PlanChanged { journal: options.journal.to_string(), diff });
+    let hash = check_plan(&replay, &rollout.text, options)?;
+    if let Some(state) = replay.abort.as_ref().filter(|_| !options.resume_aborted) {
+        return Err(ExecError::Aborted(refusal(state, &options.journal)));
     }
     let holder = lock::holder_identity();
     let (guard, taken) = lock::acquire(

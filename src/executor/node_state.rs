@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::journal::{Record, Replay};
+use super::journal::{AbortState, Record, Replay};
 use crate::planner::{Action, StepRef, node_step_id};
 
 /// A node's place in the rollout.
@@ -94,6 +94,10 @@ pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
             steps.last_finished = Some(step);
         }
     }
+    let put_back: std::collections::HashSet<&str> = match &replay.abort {
+        Some(AbortState::Done { restored, .. }) => restored.iter().map(String::as_str).collect(),
+        _ => std::collections::HashSet::new(),
+    };
     let mut out = Vec::new();
     for batch in &replay.batches {
         for node in &batch.nodes {
@@ -110,6 +114,9 @@ pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
                     (NodeState::Done, format!("{} step(s){left}", steps.finished))
                 }
                 (None, None, Some(step)) => (NodeState::InProgress, format!("after {step}")),
+                (None, None, None) if put_back.contains(node.as_str()) => {
+                    (NodeState::Pending, "put back by the abort before its upgrade".to_owned())
+                }
                 (None, None, None) => (NodeState::Pending, String::new()),
             };
             out.push(NodeProgress { node: node.clone(), batch: batch.name.clone(), state, detail, cordoned });
@@ -121,23 +128,10 @@ pub fn from_replay(replay: &Replay) -> Vec<NodeProgress> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::journal::{self, BatchNodes};
+    use crate::executor::journal;
 
     fn replay(records: &[Record]) -> Replay {
-        let mut text = String::new();
-        let begin = Record::Begin {
-            at: "t".into(),
-            plan: "p".into(),
-            plan_hash: "h".into(),
-            plan_text: String::new(),
-            holder: "me".into(),
-            batches: vec![BatchNodes { name: "b".into(), nodes: vec!["a".into(), "b".into(), "c".into(), "d".into()] }],
-        };
-        for r in std::iter::once(&begin).chain(records) {
-            text.push_str(&serde_json::to_string(r).expect("record"));
-            text.push('\n');
-        }
-        journal::parse(std::path::Path::new("j"), text.as_bytes()).expect("parses")
+        journal::replay_after_begin(&["a", "b", "c", "d"], records)
     }
 
     fn finished(step: &str) -> Record {

@@ -14,12 +14,12 @@ use tokio::task::JoinSet;
 
 use super::dispatch::{Dispatch, Verdict};
 use super::event::{BatchSize, Event, Failure, Observer};
-use super::journal::{self, JournalError, Record, Replay};
+use super::journal::{self, JournalError, Record, Replay, Request};
 use super::journal_store::Store;
 use super::steps::{self, Context, StepError};
 use super::{ExecError, Options, Outcome, Rollout, WindowMode, lock};
 use crate::plan::resolved::WindowState;
-use crate::planner::Step;
+use crate::planner::{Action, Step};
 use crate::world::dns::DnsProvider;
 
 /// How often the loop looks for new approvals in the journal.
@@ -38,6 +38,39 @@ pub(super) struct Runner<'a> {
 type Joined = (NodeIndex, f64, Result<Value, StepError>);
 
 impl Runner<'_> {
+    /// What every step of a run or an abort is handed. etcd and Prometheus, which only a
+    /// run's gates ask, are left to the run to add.
+    pub(super) fn context(
+        &self,
+        plan: crate::plan::Plan,
+        planned: &crate::planner::Planned,
+        journal: Arc<tokio::sync::Mutex<Store>>,
+        finished: BTreeMap<String, Value>,
+        approved: watch::Receiver<std::collections::BTreeSet<String>>,
+    ) -> Context {
+        Context {
+            client: self.client.clone(),
+            plan: Arc::new(plan),
+            patience: self.options.patience.clone(),
+            etcd: None,
+            clock: self.options.clock,
+            observer: self.observer.clone(),
+            dns: self.dns.clone(),
+            hooks: self.options.hooks.clone(),
+            rehearsal: self.options.rehearsal.clone(),
+            batches: planned.batches.clone(),
+            http: None,
+            approved,
+            chain_starts: planned
+                .chains
+                .iter()
+                .map(|c| (c.node.clone(), planned.graph.step(c.first()).id.clone()))
+                .collect(),
+            journal,
+            finished: Mutex::new(finished),
+        }
+    }
+
     /// Runs the rollout's graph from where the journal's `replay` left it.
     pub(super) async fn run(
         self,
@@ -81,25 +114,9 @@ impl Runner<'_> {
             false => None,
         };
         let ctx = Arc::new(Context {
-            client: self.client,
-            plan: Arc::new(plan),
-            patience: options.patience.clone(),
             etcd,
-            clock: options.clock,
-            observer: self.observer.clone(),
-            dns: self.dns,
-            hooks: options.hooks.clone(),
-            rehearsal: options.rehearsal.clone(),
-            batches: planned.batches.clone(),
             http,
-            approved,
-            chain_starts: planned
-                .chains
-                .iter()
-                .map(|c| (c.node.clone(), planned.graph.step(c.first()).id.clone()))
-                .collect(),
-            journal: journal.clone(),
-            finished: Mutex::new(replay.finished.clone()),
+            ..self.context(plan, &planned, journal.clone(), replay.finished.clone(), approved)
         });
         let graph = &planned.graph;
         let last_of: BTreeMap<NodeIndex, (String, String)> = planned
@@ -124,6 +141,10 @@ impl Runner<'_> {
         let mut poll = tokio::time::interval(APPROVAL_POLL);
         let mut interrupt = std::pin::pin!(interrupt);
         let mut announced_wait: Option<jiff::Timestamp> = None;
+        // Set once `noderoll abort` asks: who asked. The steps that may be cut off are.
+        let mut aborting: Option<String> = None;
+        let mut cut_off: Vec<String> = Vec::new();
+        let mut cancellable: Vec<tokio::task::AbortHandle> = Vec::new();
         // A run that pauses at a window's end first waits for one to open, if none is yet.
         let mut window_seen = false;
         loop {
@@ -148,7 +169,18 @@ impl Runner<'_> {
             for index in launch.steps {
                 let step = graph.step(index).clone();
                 let resume = replay.in_flight.get(&step.id).cloned();
-                running.spawn(run_step(ctx.clone(), index, step, resume));
+                let cut_off = stops_for_abort(step.action);
+                let handle = running.spawn(run_step(ctx.clone(), index, step, resume));
+                if cut_off {
+                    cancellable.push(handle);
+                }
+            }
+            if let Some(by) = &aborting
+                && running.is_empty()
+            {
+                append(&journal, &Record::Interrupted { at: journal::now() }).await?;
+                observer.event(&Event::StoppedForAbort { by: by.clone(), running: cut_off.clone() });
+                return Ok(Outcome::StoppedForAbort { by: by.clone() });
             }
             let waiting_for = closed.filter(|_| launch.held && !dispatch.halting());
             if running.is_empty() {
@@ -185,6 +217,8 @@ impl Runner<'_> {
                     let Some(joined) = joined else { continue };
                     let (index, seconds, result) = match joined {
                         Ok(joined) => joined,
+                        // A step cut off for an abort stays in flight in the journal.
+                        Err(e) if e.is_cancelled() && aborting.is_some() => continue,
                         Err(e) => {
                             // A step task panicked or was cancelled: treat it as a failure
                             // of an unknown step, which halts the run.
@@ -226,9 +260,26 @@ impl Runner<'_> {
                     }
                 }
                 _ = poll.tick() => {
-                    let new = journal.lock().await.new_approvals().await?;
-                    if !new.is_empty() {
-                        approvals.send_modify(|set| set.extend(new));
+                    for request in journal.lock().await.new_requests().await? {
+                        match request {
+                            Request::Approve(key) => approvals.send_modify(|set| {
+                                set.insert(key);
+                            }),
+                            Request::Abort(by) if aborting.is_none() => {
+                                observer.event(&Event::Warning {
+                                    message: format!(
+                                        "`noderoll abort` was asked by {by}: starting nothing more, stopping the running steps (a running upgrade or verify hook finishes first); the abort then puts the nodes back"
+                                    ),
+                                });
+                                cut_off = dispatch.running();
+                                dispatch.stop();
+                                for handle in cancellable.drain(..) {
+                                    handle.abort();
+                                }
+                                aborting = Some(by);
+                            }
+                            Request::Abort(_) => {}
+                        }
                     }
                 }
                 Ok(()) = lost.changed() => {
@@ -277,6 +328,13 @@ impl Runner<'_> {
     }
 }
 
+/// Whether a running step may be cut off when an abort is asked: every step but the hooks,
+/// whose commands on the node must not stop half-way. The others only wait, or make one
+/// change that the journal's start record lets the abort judge.
+fn stops_for_abort(action: Action) -> bool {
+    !matches!(action, Action::Upgrade | Action::Verify)
+}
+
 /// The maintenance window as the loop sees it.
 enum Gate {
     /// No window, windows not awaited, or the window is open.
@@ -296,7 +354,7 @@ fn window_gate(ctx: &Context) -> Gate {
     }
 }
 
-async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<(), JournalError> {
+pub(super) async fn append(journal: &tokio::sync::Mutex<Store>, record: &Record) -> Result<(), JournalError> {
     journal.lock().await.append(record).await
 }
 

@@ -23,8 +23,8 @@ use crate::executor::node_state::NodeState;
 type Labels = Vec<(String, String)>;
 
 /// Rollout states; exactly one is 1. Spelled as the node states are (`NodeState::name`).
-const ROLLOUT_STATES: [&str; 7] =
-    ["running", "waiting-for-window", "paused", "halted", "interrupted", "incomplete", "finished"];
+const ROLLOUT_STATES: [&str; 8] =
+    ["running", "waiting-for-window", "paused", "halted", "interrupted", "aborted", "incomplete", "finished"];
 
 /// The rollout's metrics, fed by its events.
 pub struct Metrics {
@@ -174,6 +174,7 @@ impl Observer for Metrics {
             Event::Paused { .. } => self.set_state("paused"),
             Event::Halted { .. } => self.set_state("halted"),
             Event::Interrupted { .. } => self.set_state("interrupted"),
+            Event::StoppedForAbort { .. } | Event::Aborted { .. } => self.set_state("aborted"),
             Event::Finished { failed, .. } if failed.is_empty() => self.set_state("finished"),
             Event::Finished { .. } => self.set_state("incomplete"),
             _ => {}

@@ -122,6 +122,13 @@ impl Notifier {
                     format!("rollout `{plan}` paused at the end of its window; the next opens {opens}.{left}"),
                 )
             }
+            Event::StoppedForAbort { by, running } => (
+                NotifyEvent::Interrupted,
+                format!(
+                    "rollout `{plan}` stopped for the abort {by} asked, with {} step(s) running; the abort puts the nodes back",
+                    running.len()
+                ),
+            ),
             Event::Interrupted { running } => (
                 NotifyEvent::Interrupted,
                 format!(

@@ -61,8 +61,12 @@ pub async fn connect_context(kubeconfig: Option<&Path>, context: Option<&str>) -
 /// request goes to the server in use and a server that cannot be reached (its node is
 /// being upgraded) hands over to the next one. The kubeconfig's credentials and CA serve
 /// for all of them, as they do for the k3s servers of one cluster.
-pub async fn connect_with_failover(kubeconfig: Option<&Path>, servers: &[String]) -> Result<kube::Client> {
-    let config = load(kubeconfig, None).await?;
+pub async fn connect_with_failover(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+    servers: &[String],
+) -> Result<kube::Client> {
+    let config = load(kubeconfig, context).await?;
     let mut urls = vec![config.cluster_url.to_string()];
     for server in servers {
         let same = |u: &String| u.trim_end_matches('/') == server.trim_end_matches('/');

@@ -122,6 +122,36 @@ fn a_rollout_killed_while_the_record_is_repointed_resumes_and_moves_it_back() {
 }
 
 #[test]
+fn an_abort_after_apply_died_with_a_node_out_of_the_record_puts_it_back_and_uncordons_it() {
+    // apply is SIGKILLed right after cp1 left the record (its lock is then a dead
+    // process's, which the abort takes over); the abort finds cp1 before its upgrade.
+    let (sim, knot, before, dir) = setup(&initial());
+    let plan = plan(dir.path(), &rfc2136(dir.path(), &knot, KEY), "");
+    let mut child = start_apply(&sim, &plan);
+    let withdrawn =
+        kill_when(&mut child, |_, line| line.contains("10.0.0.11, 10.0.0.12, 10.0.0.13 → 10.0.0.12, 10.0.0.13"));
+    assert!(withdrawn.join().expect("reader"), "cp1's withdraw was reported");
+    let _ = child.wait();
+    assert_eq!(knot.addresses().len(), 2, "killed with cp1 out of the record");
+    let out = noderoll()
+        .arg("abort")
+        .arg(&plan)
+        .arg("--kubeconfig")
+        .arg(sim.kubeconfig())
+        .args(["--output", "json"])
+        .output()
+        .expect("abort runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let cp1 = events.iter().find(|e| e["event"] == "node-restored" && e["node"] == "cp1").expect("cp1 put back");
+    assert!(cp1["actions"].as_array().is_some_and(|a| a.contains(&"DNS record restored".into())), "{cp1}");
+    assert_eq!(knot.answer(), before, "the record holds cp1 again, with its TTL");
+    assert!(cordoned(&sim).is_empty(), "no service node is left cordoned");
+    assert_eq!(events.last().map(|e| e["outcome"].clone()), Some("aborted".into()), "{events:?}");
+}
+
+#[test]
 fn a_record_is_not_repointed_to_a_node_out_of_service() {
     let (sim, knot, before, dir) = setup(&SERVICE_ADDRESSES[..1]);
     sim.kubectl_ok(&["cordon", "cp2"]);

@@ -2,6 +2,7 @@
 
 use test_support::{control_plane, etcd, harness, knot};
 
+mod abort;
 mod check;
 mod cordoned;
 mod distribution;
@@ -12,6 +13,7 @@ mod notify;
 mod preview;
 mod prometheus;
 mod quorum;
+mod real_abort;
 mod real_cordoned;
 mod real_drain;
 mod real_failures;

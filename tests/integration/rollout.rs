@@ -522,3 +522,45 @@ fn a_lost_answer_to_an_eviction_or_a_cordon_is_retried_safely() {
         sim.assert_upgraded_once(9);
     }
 }
+
+#[test]
+fn every_cluster_command_reaches_the_cluster_of_the_context_it_is_given_as_kubectl_does() {
+    // A kubeconfig whose current context is not one of its contexts, and whose
+    // `noderoll-sim` context names the simulator: with `--context noderoll-sim` each
+    // command gets as far as the cluster's answer, without it none finds a cluster.
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let kubeconfig = sim.dir.path().join("other-current-context");
+    let text = std::fs::read_to_string(sim.kubeconfig()).expect("kubeconfig");
+    let text = text.replace("current-context: noderoll-sim", "current-context: nowhere");
+    std::fs::write(&kubeconfig, text).expect("write kubeconfig");
+    // A plan naming a node the cluster lacks: the commands that plan say so, and apply
+    // changes nothing.
+    let plan = sim.dir.path().join("ghost.yaml");
+    let text = "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: ghost}\nspec:\n  loadBalancer: {mode: external}\n  defaults:\n    upgrade: {command: [\"true\"], timeout: 1m}\n  batches:\n    - {name: ws, role: workstation, nodes: [ws01, ghost]}\n";
+    std::fs::write(&plan, text).expect("write plan");
+    let journal = ["--journal-configmap", "kube-system/no-such-journal"];
+    let no_ghost = "the cluster has no node named ghost";
+    let commands: [(&str, Vec<&str>, &str); 5] = [
+        ("preview", vec![], "plan nodes the cluster does not have: ghost"),
+        ("status", journal.to_vec(), "no rollout has started"),
+        ("approve", [&journal[..], &["ws01"]].concat(), "does not exist"),
+        ("abort", journal.to_vec(), no_ghost),
+        ("apply", vec!["--yes"], no_ghost),
+    ];
+    for (command, extra, answer) in commands {
+        let run = |context: Option<&str>| {
+            let mut cmd = noderoll();
+            cmd.arg(command).arg(&plan).arg("--kubeconfig").arg(&kubeconfig).args(&extra);
+            if let Some(context) = context {
+                cmd.args(["--context", context]);
+            }
+            let out = cmd.output().expect("noderoll runs");
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        };
+        let flat = |s: String| s.replace(['│', '×'], " ").split_whitespace().collect::<Vec<_>>().join(" ");
+        let with = flat(run(Some("noderoll-sim")));
+        assert!(with.contains(answer), "{command} --context noderoll-sim: {with}");
+        let without = flat(run(None));
+        assert!(!without.contains(answer), "{command} on the current context reached no cluster: {without}");
+    }
+}

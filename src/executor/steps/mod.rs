@@ -116,9 +116,22 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Writes a record to the journal.
+    /// Writes a record to the journal. The write runs as a task of its own, so a step cut
+    /// off for an abort never leaves one half-made: a ConfigMap write whose request went
+    /// out but whose answer was never read would make the run's next write see a line it
+    /// does not know, and stop as if a second rollout wrote it.
     pub async fn journal(&self, record: &super::journal::Record) -> Result<(), StepError> {
-        Ok(self.journal.lock().await.append(record).await?)
+        let journal = self.journal.clone();
+        let record = record.clone();
+        let write = tokio::spawn(async move { journal.lock().await.append(&record).await });
+        match write.await {
+            Ok(written) => Ok(written?),
+            Err(e) => Err(StepError::Journal(super::journal::JournalError::Io {
+                action: "write",
+                path: format!("{:?}", self.journal).into(),
+                source: std::io::Error::other(format!("the write ended abnormally: {e}")),
+            })),
+        }
     }
 
     /// A plan duration as real time.
@@ -266,7 +279,7 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::Quorum, _) => gates::quorum(ctx, step).await,
         (Action::Health, _) => health::before_batch(ctx, step).await,
         (Action::Cordon, _) => node::cordon(ctx, step, detail).await,
-        (Action::Uncordon, _) => node::uncordon(ctx, step).await,
+        (Action::Uncordon, _) => node::uncordon(ctx, step, "upgraded and verified, schedulable again").await,
         (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
         (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
         (Action::WaitL2Release, _) => l2::wait_release(ctx, step).await,
@@ -299,6 +312,24 @@ async fn queue(ctx: &Context, step: &Step) -> Result<Value, StepError> {
         .for_each_concurrent(CONCURRENT_LABELS, |node| node::show_phase(ctx, node, Some(Phase::Queued), None))
         .await;
     Ok(Value::Null)
+}
+
+/// Puts a node whose upgrade had not begun back into scheduling for an abort: the
+/// uncordon step's own change (a node cordoned before the rollout stays cordoned), with an
+/// Event that says why. Returns whether the node was left cordoned.
+pub async fn uncordon_for_abort(ctx: &Context, step: &Step) -> Result<bool, StepError> {
+    let detail = node::uncordon(ctx, step, "rollout aborted before this node's upgrade, schedulable again").await?;
+    Ok(detail["leftCordoned"] == true)
+}
+
+/// Takes the rollout's phase label off a node (an abort leaves no node marked).
+pub async fn clear_phase(ctx: &Context, node: &str) {
+    node::show_phase(ctx, node, None, None).await;
+}
+
+/// Whether the node is Ready now (an abort puts no DNS record back onto a node that is not).
+pub async fn node_ready(ctx: &Context, node: &str) -> Result<bool, StepError> {
+    Ok(is_ready(&ctx.node(node).await?))
 }
 
 /// Shows a node whose step failed as failed, at that step.

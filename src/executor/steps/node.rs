@@ -148,8 +148,8 @@ pub(super) async fn cordon(ctx: &Context, step: &Step, detail: &Value) -> Result
 }
 
 /// Uncordons the step's node if noderoll cordoned it: one cordoned before the rollout stays
-/// cordoned, as whoever cordoned it meant.
-pub(super) async fn uncordon(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+/// cordoned, as whoever cordoned it meant. `why` ends the Event on the node.
+pub(super) async fn uncordon(ctx: &Context, step: &Step, why: &str) -> Result<Value, StepError> {
     let node = step.node.as_deref().unwrap_or_default();
     if ctx.cordoned_before(node) {
         ctx.progress(step, format!("{node} stays cordoned: it was cordoned before the rollout, not by noderoll"));
@@ -159,7 +159,7 @@ pub(super) async fn uncordon(ctx: &Context, step: &Step) -> Result<Value, StepEr
     let mut body = phase_patch(ctx, None, None);
     body["spec"] = json!({"unschedulable": null});
     let patched = patch(ctx, node, body, "uncordon").await?;
-    let message = format!("noderoll plan {}: upgraded and verified, schedulable again", ctx.plan.name);
+    let message = format!("noderoll plan {}: {why}", ctx.plan.name);
     record_event(ctx, &patched, "NoderollUncordon", &message).await;
     Ok(Value::Null)
 }
