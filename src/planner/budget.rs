@@ -2,8 +2,12 @@
 //! slow. A drain held by a slow budget goes on once replacements are Ready; one held by a
 //! budget whose `desiredHealthy` is at or above its `expectedPods` (`maxUnavailable: 0`,
 //! `minAvailable` of every pod, `100%`) would wait out the whole drain timeout for nothing,
-//! and nobody watching could tell the two apart (kured #78, kubernetes #80389). Pure: the
-//! drain asks it of the budgets that hold its pods, `preview` of those that cover them.
+//! and nobody watching could tell the two apart (kured #78, kubernetes #80389). So would one
+//! that holds a pod which cannot become healthy by waiting (a container in CrashLoopBackOff
+//! or an image pull back-off) while the budget is short of healthy pods: under
+//! `unhealthyPodEvictionPolicy: IfHealthyBudget`, the default, the API server lets an
+//! unhealthy pod go only once the budget has its `desiredHealthy`. Pure: the drain asks it
+//! of the budgets that hold its pods, `preview` of those that cover them.
 
 use serde_json::Value;
 
@@ -31,6 +35,65 @@ pub fn never_allows(pdb: &Value) -> Option<String> {
     ))
 }
 
+/// The kubelet's waiting reasons of a container that does not start by waiting: it backs
+/// off, or its spec cannot run.
+const STUCK_REASONS: [&str; 6] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Why `pod` (as JSON) is unhealthy and will not become healthy by waiting: not Ready, with
+/// a container waiting for one of [`STUCK_REASONS`]. `None` for a pod that is Ready or
+/// merely starting.
+pub fn stuck_unhealthy(pod: &Value) -> Option<String> {
+    let status = &pod["status"];
+    let ready =
+        status["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+    if ready || !matches!(status["phase"].as_str(), Some("Running" | "Pending")) {
+        return None;
+    }
+    ["initContainerStatuses", "containerStatuses"].iter().find_map(|list| {
+        status[*list].as_array().into_iter().flatten().find_map(|c| {
+            let reason = c["state"]["waiting"]["reason"].as_str()?;
+            STUCK_REASONS
+                .contains(&reason)
+                .then(|| format!("container {} is in {reason}", c["name"].as_str().unwrap_or("?")))
+        })
+    })
+}
+
+/// Why `pdb` lets no unhealthy pod go now: its `unhealthyPodEvictionPolicy` is
+/// `IfHealthyBudget` (or unset, which means it) and it has fewer healthy pods than it must
+/// keep. `None` under `AlwaysAllow`, with the healthy pods it needs, or when its status
+/// does not describe its current spec yet.
+pub fn holds_unhealthy(pdb: &Value) -> Option<String> {
+    let status = &pdb["status"];
+    let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(0);
+    if status["observedGeneration"].as_i64().unwrap_or(-1) < generation {
+        return None;
+    }
+    let policy = pdb["spec"]["unhealthyPodEvictionPolicy"].as_str();
+    if policy == Some("AlwaysAllow") {
+        return None;
+    }
+    let current = status["currentHealthy"].as_i64().unwrap_or(0);
+    let desired = status["desiredHealthy"].as_i64()?;
+    if current >= desired {
+        return None;
+    }
+    let named = if policy.is_none() { "IfHealthyBudget (the default)" } else { "IfHealthyBudget" };
+    Some(format!(
+        "it has {current} of the {desired} healthy pod(s) it must keep, and under unhealthyPodEvictionPolicy {named} it lets no unhealthy pod go until it has them"
+    ))
+}
+
+/// The help that goes with a pod [`stuck_unhealthy`] under a budget that [`holds_unhealthy`].
+pub const UNHEALTHY_FIX: &str = "fix the workload so that its pods become Ready, or set unhealthyPodEvictionPolicy: AlwaysAllow on the budget (unhealthy pods may then be evicted), then run apply again";
+
 /// The help that goes with [`never_allows`]'s reason.
 pub const NEVER_ALLOWS_FIX: &str = "lower minAvailable below the pod count or set maxUnavailable to at least 1 (or scale the workload up so the budget has room), then run apply again";
 
@@ -42,7 +105,7 @@ fn text(value: &Value) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::never_allows;
+    use super::{holds_unhealthy, never_allows, stuck_unhealthy};
 
     fn pdb(spec: serde_json::Value, expected: i64, desired: i64) -> serde_json::Value {
         json!({"metadata": {"generation": 1}, "spec": spec,
@@ -68,5 +131,49 @@ mod tests {
         stale["metadata"]["generation"] = json!(2);
         assert_eq!(never_allows(&stale), None, "status of an older spec");
         assert_eq!(never_allows(&json!({"spec": {"maxUnavailable": 0}})), None, "no status yet");
+    }
+
+    fn pod(ready: &str, phase: &str, waiting: Option<&str>) -> serde_json::Value {
+        let state = match waiting {
+            Some(reason) => json!({"waiting": {"reason": reason}}),
+            None => json!({"running": {}}),
+        };
+        json!({"status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}],
+               "containerStatuses": [{"name": "app", "state": state}]}})
+    }
+
+    #[test]
+    fn pods_that_do_not_become_healthy_by_waiting() {
+        let crashing = stuck_unhealthy(&pod("False", "Running", Some("CrashLoopBackOff")));
+        assert_eq!(crashing.as_deref(), Some("container app is in CrashLoopBackOff"));
+        assert!(stuck_unhealthy(&pod("False", "Pending", Some("ImagePullBackOff"))).is_some());
+        assert_eq!(stuck_unhealthy(&pod("False", "Pending", Some("ContainerCreating"))), None, "starting");
+        assert_eq!(stuck_unhealthy(&pod("False", "Running", None)), None, "running, not Ready yet");
+        assert_eq!(stuck_unhealthy(&pod("True", "Running", Some("CrashLoopBackOff"))), None, "Ready");
+        assert_eq!(stuck_unhealthy(&pod("False", "Failed", Some("CrashLoopBackOff"))), None, "terminal");
+    }
+
+    fn short(policy: Option<&str>, current: i64, desired: i64) -> serde_json::Value {
+        let mut spec = json!({"minAvailable": desired});
+        if let Some(policy) = policy {
+            spec["unhealthyPodEvictionPolicy"] = json!(policy);
+        }
+        json!({"metadata": {"generation": 1}, "spec": spec,
+               "status": {"observedGeneration": 1, "currentHealthy": current, "desiredHealthy": desired, "expectedPods": 3}})
+    }
+
+    #[test]
+    fn budgets_short_of_healthy_pods_hold_unhealthy_ones_unless_they_always_allow() {
+        let default = holds_unhealthy(&short(None, 0, 1)).expect("holds");
+        assert!(
+            default.starts_with("it has 0 of the 1 healthy pod(s)") && default.contains("(the default)"),
+            "{default}"
+        );
+        assert!(holds_unhealthy(&short(Some("IfHealthyBudget"), 1, 2)).is_some());
+        assert_eq!(holds_unhealthy(&short(Some("AlwaysAllow"), 0, 1)), None);
+        assert_eq!(holds_unhealthy(&short(None, 2, 2)), None, "healthy enough: unhealthy pods may go");
+        let mut stale = short(None, 0, 1);
+        stale["metadata"]["generation"] = json!(2);
+        assert_eq!(holds_unhealthy(&stale), None, "status of an older spec");
     }
 }

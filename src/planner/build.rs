@@ -123,6 +123,9 @@ pub struct PodFacts {
     pub daemon_set: bool,
     /// A static (mirror) pod.
     pub mirror: bool,
+    /// Why it is unhealthy and will not become healthy by waiting
+    /// ([`super::budget::stuck_unhealthy`]).
+    pub stuck: Option<String>,
     /// Succeeded or Failed.
     pub terminal: bool,
 }
@@ -140,6 +143,8 @@ pub struct BudgetFacts {
     pub disruptions_allowed: i64,
     /// Why it can never allow an eviction, when it cannot ([`super::budget::never_allows`]).
     pub never: Option<String>,
+    /// Why it lets no unhealthy pod go now ([`super::budget::holds_unhealthy`]).
+    pub holds_unhealthy: Option<String>,
 }
 
 /// Builds the step graph of a plan whose batches all list their nodes.

@@ -124,6 +124,11 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
                     blocking.insert(format!("{}/{}", budget.namespace, budget.name));
                     if let Some(why) = &budget.never {
                         hopeless.insert(format!("{}/{}: {why}", budget.namespace, budget.name));
+                    } else if let (Some(stuck), Some(why)) = (&pod.stuck, &budget.holds_unhealthy) {
+                        hopeless.insert(format!(
+                            "{}/{}: it holds {key}, which will not become Ready by waiting ({stuck}), and {why}",
+                            budget.namespace, budget.name
+                        ));
                     }
                 }
             }
@@ -182,4 +187,46 @@ pub fn text(survey: &Survey) -> String {
         let _ = writeln!(out, "  cordoned already (skipped, left as they are): {}", sample(&names(&skipped)));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_crash_looping_pod_under_a_budget_short_of_healthy_pods_is_named_as_a_drain_that_will_halt() {
+        let path = format!("{}/plans/external-lb.yaml", env!("CARGO_MANIFEST_DIR"));
+        let plan = crate::plan::check_file(std::path::Path::new(&path)).plan.expect("the example plan is valid");
+        let planned = crate::planner::build(&plan).expect("it plans");
+        let node = planned.chains.last().map(|c| c.node.clone()).expect("a node");
+        let pod = |name: &str, waiting: &str| {
+            json!({"kind": "Pod", "metadata": {"name": name, "namespace": "app", "labels": {"app": "web"}},
+                   "spec": {"nodeName": node},
+                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                              "containerStatuses": [{"name": "web", "state": {"waiting": {"reason": waiting}}}]}})
+        };
+        let budget = json!({"kind": "PodDisruptionBudget", "metadata": {"name": "web", "namespace": "app", "generation": 1},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
+            "status": {"observedGeneration": 1, "currentHealthy": 0, "desiredHealthy": 1, "expectedPods": 2, "disruptionsAllowed": 0}});
+        let objects = [
+            json!({"kind": "Node", "metadata": {"name": node}}),
+            pod("web-1", "CrashLoopBackOff"),
+            pod("web-2", "ContainerCreating"),
+            budget,
+        ];
+        let inventory = crate::world::inventory::from_objects(&objects);
+        let survey = survey(&plan, &planned, &inventory);
+        let surveyed = survey.nodes.iter().find(|n| n.node == node).expect("surveyed");
+        assert_eq!(surveyed.blocking_budgets, ["app/web"]);
+        assert_eq!(
+            surveyed.hopeless_budgets,
+            [
+                "app/web: it holds app/web-1, which will not become Ready by waiting (container web is in CrashLoopBackOff), and it has 0 of the 1 healthy pod(s) it must keep, and under unhealthyPodEvictionPolicy IfHealthyBudget (the default) it lets no unhealthy pod go until it has them"
+            ],
+            "the pod merely starting is no reason: {:?}",
+            surveyed.hopeless_budgets
+        );
+    }
 }

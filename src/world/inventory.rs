@@ -100,6 +100,7 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                     annotations,
                     daemon_set,
                     terminal: matches!(object["status"]["phase"].as_str(), Some("Succeeded" | "Failed")),
+                    stuck: crate::planner::budget::stuck_unhealthy(object),
                 });
             }
             Some("PodDisruptionBudget") => inventory.budgets.push(BudgetFacts {
@@ -108,6 +109,7 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                 selector: object["spec"]["selector"].clone(),
                 disruptions_allowed: object["status"]["disruptionsAllowed"].as_i64().unwrap_or(0),
                 never: crate::planner::budget::never_allows(object),
+                holds_unhealthy: crate::planner::budget::holds_unhealthy(object),
             }),
             _ => {}
         }

@@ -1,7 +1,8 @@
 //! noderoll's drain on the real control plane: a budget that the real disruption
 //! controller keeps, an emptyDir pod, DaemonSet pods left where they are, a pod already
-//! terminating, the refusal when emptyDir data would be lost, and kubectl drain's
-//! verdicts beside noderoll's on the same pods.
+//! terminating, the refusal when emptyDir data would be lost, a crash-looping pod under a
+//! budget short of healthy pods, and kubectl drain's verdicts beside noderoll's on the same
+//! pods.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -206,6 +207,81 @@ fn a_budget_that_can_never_allow_the_eviction_halts_the_drain_at_once_on_the_rea
         !answered.iter().any(|(pod, code)| pod.starts_with("strict-") && (200..300).contains(code)),
         "no pod the budget covers was evicted: {answered:?}"
     );
+}
+
+const CRASHING: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: crashing, namespace: drain}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: crashing}}\n  template:\n    metadata: {labels: {app: crashing}}\n    spec:\n      nodeSelector: {juno-innovations.com/workstation: \"true\"}\n      tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n      terminationGracePeriodSeconds: 1\n      containers: [{name: app, image: app:1}]\n\
+---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: crashing, namespace: drain}\nspec:\n  minAvailable: 1\n  selector: {matchLabels: {app: crashing}}\n";
+
+/// The status a kubelet reports for a pod whose only container crashes over and over.
+const CRASH_LOOP: &str = r#"{"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}, {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"}], "containerStatuses": [{"name": "app", "image": "app:1", "imageID": "", "ready": false, "restartCount": 7, "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}}}]}}"#;
+
+#[test]
+fn a_crash_looping_pod_under_a_budget_short_of_healthy_pods_halts_the_drain_at_once_until_the_budget_always_allows() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    let others = pin_to(&plane, &studio, "ws01", CRASHING, 2);
+    for other in &others {
+        plane.kubectl_ok(&["uncordon", other]);
+    }
+    let pods = plane.kubectl_ok(&["get", "pods", "-n", "drain", "-l", "app=crashing", "-o", "name"]);
+    for pod in pods.lines() {
+        plane.kubectl_ok(&["patch", "-n", "drain", pod, "--subresource=status", "--type=merge", "-p", CRASH_LOOP]);
+    }
+    let healthy = || {
+        plane.kubectl_ok(&[
+            "get",
+            "pdb",
+            "-n",
+            "drain",
+            "crashing",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.desiredHealthy}",
+        ])
+    };
+    plane.eventually("the disruption controller counts no healthy pod", || healthy() == "0/1");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = plan(dir.path(), "crashing", &one_node("ws01", "{timeout: 15m, ignoreDaemonSets: true}"));
+    let started = std::time::Instant::now();
+    let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert!(!out.status.success(), "the drain must halt");
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "halted after {:?}", started.elapsed());
+    let halted = halted(&out.stdout);
+    assert_eq!(halted["failed"][0]["step"], "ws01/drain", "{halted}");
+    let error = halted["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("PDB drain/crashing holds drain/crashing-"), "{error}");
+    assert!(error.contains("CrashLoopBackOff") && error.contains("it has 0 of the 1 healthy pod(s)"), "{error}");
+    assert!(error.contains("unhealthyPodEvictionPolicy: AlwaysAllow"), "the error names the fix: {error}");
+    assert!(
+        evictions(&plane).iter().any(|(pod, code)| pod.starts_with("crashing-") && *code == 429),
+        "the real API server refused the eviction: {:?}",
+        evictions(&plane)
+    );
+
+    // With the fix the error names, the real API server lets the unhealthy pods go.
+    plane.kubectl_ok(&[
+        "patch",
+        "pdb",
+        "-n",
+        "drain",
+        "crashing",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"unhealthyPodEvictionPolicy":"AlwaysAllow"}}"#,
+    ]);
+    plane.eventually("the disruption controller observed the new spec", || {
+        plane.kubectl_ok(&["get", "pdb", "-n", "drain", "crashing", "-o", "jsonpath={.status.observedGeneration}"])
+            == "2"
+    });
+    let out = apply_via(&plane.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert!(out.status.success(), "the drain goes on: {}", String::from_utf8_lossy(&out.stderr));
+    let evicted: Vec<String> = evictions(&plane)
+        .into_iter()
+        .filter(|(pod, code)| pod.starts_with("crashing-") && *code == 201)
+        .map(|(pod, _)| pod)
+        .collect();
+    assert_eq!(evicted.len(), 2, "both crash-looping pods were evicted: {evicted:?}");
 }
 
 const HELD: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\

@@ -34,7 +34,7 @@ use crate::plan::duration::written;
 use crate::plan::model::DrainTimeoutPolicy;
 use crate::plan::resolved::DrainPlan;
 use crate::planner::Step;
-use crate::planner::budget::{NEVER_ALLOWS_FIX, never_allows};
+use crate::planner::budget::{NEVER_ALLOWS_FIX, UNHEALTHY_FIX, holds_unhealthy, never_allows, stuck_unhealthy};
 use crate::world::retry;
 
 /// Evictions in flight at once.
@@ -48,6 +48,8 @@ struct Target {
     namespace: String,
     name: String,
     labels: BTreeMap<String, String>,
+    /// Why it is unhealthy and will not become healthy by waiting, as last seen.
+    stuck: Option<String>,
 }
 
 impl Target {
@@ -202,6 +204,7 @@ fn classify(
                     namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                     name: pod.metadata.name.clone().unwrap_or_default(),
                     labels,
+                    stuck: stuck(&pod),
                 };
                 out.evict.push((uid(&pod), target, deleting));
             }
@@ -379,7 +382,14 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                     }
                 }
                 Some(Ok(watcher::Event::Delete(pod))) => progress.gone(&uid(&pod)),
-                Some(Ok(watcher::Event::Apply(_))) => {}
+                Some(Ok(watcher::Event::Apply(pod))) => {
+                    if let Some(target) = progress.targets.get_mut(&uid(&pod)) {
+                        target.stuck = stuck(&pod);
+                    }
+                    if let Some(error) = hopeless(node, &progress, &budgets) {
+                        return Err(error);
+                    }
+                }
                 Some(Err(e)) => tracing::debug!(node, error = %e, "pod watch error; the watcher retries"),
                 None => return Err(StepError::Drain(format!("the pod watch on {node} ended unexpectedly"))),
             },
@@ -551,6 +561,8 @@ struct Budget {
     allowed: i32,
     /// Why it can never allow an eviction, when it cannot.
     never: Option<String>,
+    /// Why it lets no unhealthy pod go now, when it does not.
+    holds_unhealthy: Option<String>,
 }
 
 /// The budgets (`namespace/name`) whose selector covers a pod.
@@ -571,17 +583,35 @@ fn budget_entry(pdb: &PodDisruptionBudget) -> (String, Budget) {
     );
     let selector = pdb.spec.as_ref().and_then(|s| serde_json::to_value(&s.selector).ok()).unwrap_or(Value::Null);
     let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
-    let never = serde_json::to_value(pdb).ok().and_then(|v| never_allows(&v));
-    (key, Budget { selector, allowed, never })
+    let json = serde_json::to_value(pdb).unwrap_or(Value::Null);
+    let budget = Budget { selector, allowed, never: never_allows(&json), holds_unhealthy: holds_unhealthy(&json) };
+    (key, budget)
 }
 
-/// The error, at once, when a pod is held by a budget that can never allow its eviction:
-/// waiting out the drain timeout would change nothing.
+/// [`stuck_unhealthy`] of a typed pod.
+fn stuck(pod: &Pod) -> Option<String> {
+    serde_json::to_value(pod).ok().and_then(|v| stuck_unhealthy(&v))
+}
+
+/// The error, at once, when a pod is held by a budget that can never allow its eviction,
+/// or that lets no unhealthy pod go while the pod cannot become healthy: waiting out the
+/// drain timeout would change nothing.
 fn hopeless(node: &str, progress: &Progress, budgets: &BTreeMap<String, Budget>) -> Option<StepError> {
     progress.blocked.iter().find_map(|(uid, holding)| {
-        let (key, why) = holding.iter().find_map(|key| Some((key, budgets.get(key)?.never.as_ref()?)))?;
-        let pod = progress.targets.get(uid).map(Target::key).unwrap_or_default();
-        Some(StepError::Drain(format!("cannot drain {node}: PDB {key} holds {pod}: {why}; {NEVER_ALLOWS_FIX}")))
+        let target = progress.targets.get(uid)?;
+        let pod = target.key();
+        holding.iter().find_map(|key| {
+            let budget = budgets.get(key)?;
+            if let Some(why) = &budget.never {
+                return Some(StepError::Drain(format!(
+                    "cannot drain {node}: PDB {key} holds {pod}: {why}; {NEVER_ALLOWS_FIX}"
+                )));
+            }
+            let (stuck, why) = (target.stuck.as_ref()?, budget.holds_unhealthy.as_ref()?);
+            Some(StepError::Drain(format!(
+                "cannot drain {node}: PDB {key} holds {pod}, which is not Ready and will not become Ready by waiting ({stuck}): {why}; {UNHEALTHY_FIX}"
+            )))
+        })
     })
 }
 
@@ -818,5 +848,44 @@ mod tests {
             "cannot delete DaemonSet-managed Pods (set drain.ignoreDaemonSets: true to ignore): default/bar; \
              cannot delete Pods that declare no controller (set drain.force: true to override): default/bar"
         );
+    }
+
+    /// A drain with one pod held by budget `drain/app`, which `pdb` (its JSON) describes.
+    fn held(stuck: Option<&str>, pdb: Value) -> (Progress, BTreeMap<String, Budget>) {
+        let mut progress = Progress::default();
+        let target = Target {
+            namespace: "drain".into(),
+            name: "app-1".into(),
+            labels: BTreeMap::new(),
+            stuck: stuck.map(str::to_owned),
+        };
+        progress.targets.insert("p1".into(), target);
+        progress.blocked.insert("p1".into(), BTreeSet::from(["drain/app".to_owned()]));
+        let pdb: PodDisruptionBudget = serde_json::from_value(pdb).expect("pdb");
+        (progress, BTreeMap::from([budget_entry(&pdb)]))
+    }
+
+    fn budget(spec: Value, current: i64, desired: i64, expected: i64) -> Value {
+        json!({"metadata": {"name": "app", "namespace": "drain", "generation": 1}, "spec": spec,
+               "status": {"observedGeneration": 1, "currentHealthy": current, "desiredHealthy": desired,
+                          "expectedPods": expected, "disruptionsAllowed": 0}})
+    }
+
+    #[test]
+    fn a_pod_that_cannot_become_ready_under_a_budget_short_of_healthy_pods_halts_the_drain_at_once() {
+        let crashing = Some("container app is in CrashLoopBackOff");
+        let (progress, budgets) = held(crashing, budget(json!({"minAvailable": 1}), 0, 1, 2));
+        let error = hopeless("ws01", &progress, &budgets).expect("hopeless").to_string();
+        assert!(error.contains("PDB drain/app holds drain/app-1, which is not Ready"), "{error}");
+        assert!(error.contains("CrashLoopBackOff") && error.contains("AlwaysAllow"), "{error}");
+
+        let always = json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"});
+        let (progress, budgets) = held(crashing, budget(always, 0, 1, 2));
+        assert!(hopeless("ws01", &progress, &budgets).is_none(), "AlwaysAllow lets unhealthy pods go");
+        let (progress, budgets) = held(None, budget(json!({"minAvailable": 1}), 0, 1, 2));
+        assert!(hopeless("ws01", &progress, &budgets).is_none(), "a pod merely starting may become Ready");
+        let (progress, budgets) = held(None, budget(json!({"maxUnavailable": 0}), 2, 2, 2));
+        let error = hopeless("ws01", &progress, &budgets).expect("hopeless").to_string();
+        assert!(error.contains("maxUnavailable 0 with 2 pod(s)"), "a budget that never allows: {error}");
     }
 }
