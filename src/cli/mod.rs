@@ -38,7 +38,8 @@ pub enum Command {
         /// Plan files to check.
         #[arg(required = true, value_name = "PLAN")]
         plans: Vec<PathBuf>,
-        /// `text` for people, `json` for scripts (a list of diagnostics on stdout).
+        /// `text`: diagnostics on stderr; `json`: a JSON list of `{severity, message, path,
+        /// line, column, help}` on stdout.
         #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
@@ -211,12 +212,13 @@ pub enum PreviewFormat {
     Mermaid,
 }
 
-/// Output format of `check`.
+/// Output format of the commands that print for people or for scripts; each command's
+/// `--output` help says what its text and its JSON hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// Human-readable diagnostics on stderr.
+    /// For people.
     Text,
-    /// A JSON list of `{severity, message, path, line, column, help}` on stdout.
+    /// For scripts: JSON on stdout.
     Json,
 }
 

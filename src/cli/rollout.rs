@@ -177,7 +177,8 @@ pub struct RehearseArgs {
     /// Keep the journal and hook logs in this folder (a temporary one otherwise).
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
-    /// `text` for people, `json`: events as JSON lines, then the report.
+    /// `text`: progress on stderr, then the report; `json`: events as JSON lines on
+    /// stdout, then the report.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Start the simulated clock at this instant (RFC 3339, e.g. `2026-11-27T22:00:00Z`) and
@@ -200,7 +201,7 @@ pub struct StatusArgs {
     /// The cluster, for a journal kept in a ConfigMap.
     #[command(flatten)]
     pub kube: KubeArgs,
-    /// `text` or `json`.
+    /// `text`: a summary line and one line per node; `json`: `{"summary", "nodes"}`.
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }

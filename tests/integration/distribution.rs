@@ -70,3 +70,17 @@ fn the_readmes_cargo_run_picks_the_noderoll_binary() {
     let package = metadata["packages"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "noderoll"));
     assert_eq!(package.map(|p| &p["default_run"]), Some(&serde_json::Value::from("noderoll")));
 }
+
+#[test]
+fn each_commands_output_help_describes_its_own_json_not_checks() {
+    let help = |command: &str| {
+        let out = noderoll().args([command, "--help"]).assert().success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    assert!(help("check").contains("{severity, message, path, line,"), "check's JSON is its diagnostics");
+    for command in ["apply", "rehearse", "status", "abort"] {
+        let text = help(command);
+        assert!(!text.contains("severity"), "{command} --help describes check's output: {text}");
+        assert!(text.contains("`json`:"), "{command} --help says what its JSON is: {text}");
+    }
+}
