@@ -38,6 +38,9 @@ pub const PHASE: &str = "noderoll.io/phase";
 pub const PLAN_ANNOTATION: &str = "noderoll.io/plan";
 /// noderoll's node annotation naming the step the node is at (or failed at).
 pub const STEP_ANNOTATION: &str = "noderoll.io/step";
+/// noderoll's annotation on a full segment of a ConfigMap journal: its records go on in
+/// the next segment, and nothing more is written to this one.
+pub const JOURNAL_SEALED: &str = "noderoll.io/journal-sealed";
 
 /// Whether a `LabelSelector` object (`matchLabels`, `matchExpressions`) selects `labels`.
 /// An empty selector selects everything; a missing one selects nothing, as for PDBs.

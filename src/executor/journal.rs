@@ -259,15 +259,15 @@ pub enum JournalError {
         /// The journal.
         location: String,
     },
-    /// The ConfigMap journal would outgrow an object's size limit.
+    /// The ConfigMap journal cannot take the next record within the API's object limits.
     #[error(
-        "the journal {location} would grow to {bytes} bytes compressed, past what a ConfigMap can hold; run this rollout with a file journal (`--journal` on a persistent volume)"
+        "the journal {location} cannot take the next record: {reason}; run this rollout with a file journal (`--journal` on a persistent volume)"
     )]
     Full {
         /// The journal.
         location: String,
-        /// Its compressed size with the new record.
-        bytes: usize,
+        /// Which limit it reached.
+        reason: String,
     },
     /// There is no journal to add to.
     #[error("the journal {location} does not exist; has the rollout started?")]

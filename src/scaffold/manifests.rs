@@ -99,14 +99,14 @@ pub fn cluster_rules() -> Vec<Value> {
     ]
 }
 
-/// The Role's rules in the rollout's namespace: its lock Lease and its journal, by name
-/// (`create` cannot be limited to a name, so it is a rule of its own).
+/// The Role's rules in the rollout's namespace: its lock Lease and its journal's segments,
+/// by name (`create` cannot be limited to a name, so it is a rule of its own).
 fn namespace_rules(names: &Names) -> Vec<Value> {
     vec![
         json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}),
         json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [names.lease], "verbs": ["get", "update"]}),
         json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}),
-        json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [names.journal], "verbs": ["get", "update"]}),
+        json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": crate::executor::journal_store::segment_names(&names.journal), "verbs": ["get", "update"]}),
     ]
 }
 
