@@ -181,7 +181,7 @@ struct Segment {
     sealed: bool,
 }
 
-/// The journal as read: the lines of its sealed segments, and its last segment.
+/// The journal as read: the lines of the segments before its last, and its last.
 struct Chain {
     sealed_text: String,
     last: usize,
@@ -248,7 +248,7 @@ impl ConfigMapJournal {
             last_poll: None,
         };
         match chain.segment {
-            None if create => journal.version = journal.create_segment().await?.unwrap_or_default(),
+            None if create => journal.start_segment(true).await?,
             Some(segment) if create || !(chain.sealed_text.is_empty() && segment.text.trim().is_empty()) => {
                 let sealed = segment.sealed;
                 journal.text = segment.text;
@@ -314,10 +314,10 @@ impl ConfigMapJournal {
     async fn put(&mut self, line: &str) -> Result<(), JournalError> {
         let mut packer = match self.packer.take() {
             Some(packer) if packer.added < REPACK_AFTER => packer,
-            _ => Packer::of(&self.text).map_err(|e| self.error("compress", e.to_string()))?,
+            _ => self.pack(&self.text)?,
         };
         let added = format!("{line}\n");
-        packer.add(&added).map_err(|e| self.error("compress", e.to_string()))?;
+        packer.add(&added).map_err(|e| self.compress_error(&e))?;
         let packed = packer.gzip();
         if packed.len() > LIMIT {
             return Err(self.full(format!(
@@ -342,7 +342,7 @@ impl ConfigMapJournal {
         loop {
             let packed = match self.packer.as_ref() {
                 Some(packer) => packer.gzip(),
-                None => Packer::of(&self.text).map_err(|e| self.error("compress", e.to_string()))?.gzip(),
+                None => self.pack(&self.text)?.gzip(),
             };
             match self.replace(packed, true).await {
                 Ok(_) => break,
@@ -360,10 +360,17 @@ impl ConfigMapJournal {
         self.advance(true).await
     }
 
-    /// Moves to the segment after a sealed one, making it unless someone has. For the
-    /// rollout's writer (`own`) what someone else put there must be requests only.
+    /// Moves to the segment after a sealed one.
     async fn advance(&mut self, own: bool) -> Result<(), JournalError> {
         self.segment += 1;
+        self.start_segment(own).await
+    }
+
+    /// Begins on the current segment, making it unless someone has (our create whose
+    /// answer was lost and was retried, or another process's). For the rollout's writer
+    /// (`own`) what someone else put there must be requests only; a requester takes it as
+    /// it is.
+    async fn start_segment(&mut self, own: bool) -> Result<(), JournalError> {
         self.text.clear();
         self.packer = None;
         if let Some(version) = self.create_segment().await? {
@@ -381,10 +388,9 @@ impl ConfigMapJournal {
         if segment.sealed { Box::pin(self.advance(false)).await } else { Ok(()) }
     }
 
-    /// Creates the current segment empty; `None` if it exists already (our create whose
-    /// answer was lost and was retried, or another process's).
+    /// Creates the current segment empty; `None` if it exists already.
     async fn create_segment(&self) -> Result<Option<String>, JournalError> {
-        let empty = Packer::of("").map_err(|e| self.error("compress", e.to_string()))?.gzip();
+        let empty = self.pack("")?.gzip();
         let object = config_map(&segment_name(&self.name, self.segment), empty, false);
         let params = PostParams::default();
         match retry::call(&self.patience, || self.api.create(&params, &object)).await {
@@ -459,6 +465,14 @@ impl ConfigMapJournal {
         JournalError::Conflict { location: self.location.to_string() }
     }
 
+    fn pack(&self, text: &str) -> Result<Packer, JournalError> {
+        Packer::of(text).map_err(|e| self.compress_error(&e))
+    }
+
+    fn compress_error(&self, error: &std::io::Error) -> JournalError {
+        self.error("compress", error.to_string())
+    }
+
     fn full(&self, reason: String) -> JournalError {
         JournalError::Full { location: self.location.to_string(), reason }
     }
@@ -486,16 +500,17 @@ async fn fetch_chain(location: &Location, client: &kube::Client, patience: &Pati
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let mut sealed_text = String::new();
     let mut last = 0;
+    let mut segment = fetch_segment(&api, location, name, patience).await?;
     loop {
-        let segment = fetch_segment(&api, location, &segment_name(name, last), patience).await?;
         match segment {
-            Some(segment) if segment.sealed => {
-                sealed_text.push_str(&segment.text);
+            Some(found) if found.sealed => {
                 let next = fetch_segment(&api, location, &segment_name(name, last + 1), patience).await?;
                 if next.is_none() {
-                    return Ok(Chain { sealed_text, last, segment: Some(segment) });
+                    return Ok(Chain { sealed_text, last, segment: Some(found) });
                 }
+                sealed_text.push_str(&found.text);
                 last += 1;
+                segment = next;
             }
             segment => return Ok(Chain { sealed_text, last, segment }),
         }
@@ -736,6 +751,7 @@ mod tests {
         drop(journal);
         let before = segments(&cluster).await;
         assert!(before.last().is_some_and(|s| s.2), "the last segment is sealed: {before:?}");
+        assert_eq!(read_back(&cluster).await, lines(&records), "a sealed last segment is read once");
 
         let approval =
             Record::Approved { at: "2026-11-27T22:00:00.000Z".into(), node: "ws00000".into(), by: "ops".into() };
@@ -770,6 +786,18 @@ mod tests {
         journal.last_poll = None;
         let requests = journal.new_requests().await.expect("poll");
         assert_eq!(requests.len(), 1, "the writer reads the request in its own segment");
+        cluster.simulator.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_segment_found_made_by_another_writer_is_refused_not_written_over() {
+        let cluster = cluster().await;
+        let mut first = open(&cluster, true, SMALL).await.expect("open");
+        first.append(&step_record(0, "cordon", false)).await.expect("append");
+        // As if the second's read had missed the segment and its create then found it.
+        let mut second = open(&cluster, true, SMALL).await.expect("a second opens");
+        let refused = second.start_segment(true).await;
+        assert!(matches!(refused, Err(JournalError::Conflict { .. })), "{refused:?}");
         cluster.simulator.stop().await;
     }
 
