@@ -293,6 +293,15 @@ pub fn finish(child: Child) -> (i32, Vec<Value>, String) {
     (out.status.code().unwrap_or(-1), events, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
 /// What a watched apply did and what was seen from outside meanwhile.
 pub struct Watched {
     /// Exit code; -1 when killed by a signal.
@@ -310,6 +319,20 @@ pub struct Watched {
     pub samples: usize,
 }
 
+impl Watched {
+    /// Why the apply failed, for an assertion's message: its stderr and, since `-o json`
+    /// reports a halt on stdout, the events that say what failed.
+    pub fn failure(&self) -> String {
+        let failed = self
+            .events
+            .iter()
+            .filter(|e| matches!(e["event"].as_str(), Some("step-failed" | "node-failed" | "halted" | "warning")))
+            .map(Value::to_string)
+            .collect::<Vec<_>>();
+        format!("{} {}", self.stderr.split_whitespace().collect::<Vec<_>>().join(" "), failed.join("\n"))
+    }
+}
+
 /// Runs apply to its end, asking knotd and the API server over and over what they hold.
 pub fn roll_and_watch(sim: &impl Cluster, knot: &Knot, plan: &Path) -> Watched {
     watch(sim, knot, start_apply(sim, plan))
@@ -317,6 +340,10 @@ pub fn roll_and_watch(sim: &impl Cluster, knot: &Knot, plan: &Path) -> Watched {
 
 /// `roll_and_watch` of an apply already started.
 pub fn watch(sim: &impl Cluster, knot: &Knot, mut child: Child) -> Watched {
+    // Read as apply writes: a pipe left unread fills at 64 KiB and blocks apply's next
+    // event, stalling its steps while their timeouts run on.
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
     let mut seen_out: BTreeSet<String> = BTreeSet::new();
     let mut violations = Vec::new();
     let mut samples = 0;
@@ -368,6 +395,11 @@ pub fn watch(sim: &impl Cluster, knot: &Knot, mut child: Child) -> Watched {
             seen_out.insert(node.clone());
         }
     }
-    let (code, events, stderr) = finish(child);
+    let code = child.wait().expect("apply ends").code().unwrap_or(-1);
+    let text = |reader: Option<std::thread::JoinHandle<String>>| {
+        reader.map(|r| r.join().expect("pipe reader")).unwrap_or_default()
+    };
+    let events = text(stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let stderr = text(stderr);
     Watched { code, events, stderr, seen_out, violations, double_outages, samples }
 }
