@@ -447,6 +447,7 @@ pub(super) fn apply(args: ApplyArgs) -> Result<i32> {
                     url,
                     &rollout.plan.name,
                     webhook.events.clone(),
+                    webhook.format,
                     http,
                 ));
                 observers.push(notifier.clone());

@@ -1,7 +1,8 @@
 //! Webhook notifications: an [`Observer`] that turns the events an operator wants to hear
-//! about (start, batch done, halt, pause, interrupt, finish) into JSON POSTs with a
-//! Slack-compatible `text`. Delivery runs on its own task with retries, so a slow or dead
-//! webhook never holds up or fails a rollout; `finish` waits for what is queued.
+//! about (start, batch done, halt, pause, interrupt, finish) into JSON POSTs shaped for the
+//! chat that reads them (Slack, Microsoft Teams workflows, Mattermost) or as noderoll's own
+//! event. Delivery runs on its own task with retries, so a slow or dead webhook never holds
+//! up or fails a rollout; `finish` waits for what is queued.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::executor::event::{Event, Observer};
-use crate::plan::model::NotifyEvent;
+use crate::plan::model::{NotifyEvent, WebhookFormat};
 use crate::plan::resolved::UrlSource;
 use crate::planner::Action;
 use crate::world::http::HttpClient;
@@ -29,7 +30,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Notifier {
     plan: String,
     events: Vec<NotifyEvent>,
-    queue: Mutex<Option<mpsc::UnboundedSender<Value>>>,
+    format: WebhookFormat,
+    queue: Mutex<Option<mpsc::UnboundedSender<(NotifyEvent, Value)>>>,
     sender: Mutex<Option<JoinHandle<()>>>,
     /// Messages queued and not yet sent or given up on.
     unsent: Arc<AtomicUsize>,
@@ -45,13 +47,19 @@ impl std::fmt::Debug for Notifier {
 
 impl Notifier {
     /// Starts the delivery task for `url`. Must be called inside a tokio runtime.
-    pub fn start(url: String, plan: &str, events: Vec<NotifyEvent>, http: HttpClient) -> Notifier {
-        let (queue, mut receiver) = mpsc::unbounded_channel::<Value>();
+    pub fn start(
+        url: String,
+        plan: &str,
+        events: Vec<NotifyEvent>,
+        format: WebhookFormat,
+        http: HttpClient,
+    ) -> Notifier {
+        let (queue, mut receiver) = mpsc::unbounded_channel::<(NotifyEvent, Value)>();
         let unsent = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
         let (left, lost) = (unsent.clone(), failed.clone());
         let sender = tokio::spawn(async move {
-            while let Some(body) = receiver.recv().await {
+            while let Some((kind, body)) = receiver.recv().await {
                 let mut result = http.post_json(&url, &body, POST_TIMEOUT).await;
                 for pause in BACKOFF {
                     if result.is_ok() {
@@ -63,7 +71,7 @@ impl Notifier {
                 if let Err(e) = result {
                     // The URL may hold a secret: the error names the host's answer, and
                     // the log is the operator's own file.
-                    tracing::warn!(event = %body["event"], error = %e.message, "webhook not delivered");
+                    tracing::warn!(event = ?kind, error = %e.message, "webhook not delivered");
                     lost.fetch_add(1, Ordering::SeqCst);
                 }
                 left.fetch_sub(1, Ordering::SeqCst);
@@ -72,6 +80,7 @@ impl Notifier {
         Notifier {
             plan: plan.to_owned(),
             events,
+            format,
             queue: Mutex::new(Some(queue)),
             sender: Mutex::new(Some(sender)),
             unsent,
@@ -92,7 +101,7 @@ impl Notifier {
     }
 
     /// The message for an event, if the webhook wants it.
-    fn message(&self, event: &Event) -> Option<Value> {
+    fn message(&self, event: &Event) -> Option<(NotifyEvent, Value)> {
         let plan = &self.plan;
         let (kind, text) = match event {
             Event::Started { batches, steps, done, resumed, .. } => {
@@ -155,8 +164,43 @@ impl Notifier {
         if !self.events.contains(&kind) {
             return None;
         }
-        let name = serde_json::to_value(kind).unwrap_or(Value::Null);
-        Some(json!({"text": format!("noderoll: {text}"), "plan": plan, "event": name, "detail": event}))
+        Some((kind, body(self.format, plan, kind, &format!("noderoll: {text}"), event)))
+    }
+}
+
+/// The body of a message in `format`: the text people read, and the plan, the event's
+/// name and the event itself for whatever reads it by machine.
+fn body(format: WebhookFormat, plan: &str, kind: NotifyEvent, text: &str, event: &Event) -> Value {
+    let name = serde_json::to_value(kind).unwrap_or(Value::Null);
+    match format {
+        WebhookFormat::Slack => json!({"text": text, "plan": plan, "event": name, "detail": event}),
+        WebhookFormat::Json => json!({"plan": plan, "event": name, "text": text, "detail": event}),
+        WebhookFormat::Mattermost => json!({
+            "text": text,
+            "username": "noderoll",
+            "props": {"plan": plan, "event": name, "detail": event},
+        }),
+        // Workflows take Adaptive Cards only (not the retired connectors' MessageCard);
+        // 1.4 is the newest version every Teams client renders.
+        WebhookFormat::Teams => json!({
+            "type": "message",
+            "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": null,
+                "content": {
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard",
+                    "version": "1.4",
+                    "body": [
+                        {"type": "TextBlock", "text": text, "wrap": true},
+                        {"type": "FactSet", "facts": [
+                            {"title": "Plan", "value": plan},
+                            {"title": "Event", "value": name},
+                        ]},
+                    ],
+                },
+            }],
+        }),
     }
 }
 

@@ -77,7 +77,7 @@ pub const MAX_FAILURES: NodeShare = NodeShare::Count(0);
 #[cfg(test)]
 fn documented() -> Vec<(&'static str, &'static str, String)> {
     use super::duration::written;
-    use super::model::{AddressType, DnsStrategy};
+    use super::model::{AddressType, DnsStrategy, WebhookFormat};
 
     fn word(value: impl serde::Serialize) -> String {
         serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
@@ -89,6 +89,7 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
         ("spec.loadBalancer.dns", "propagationTimeout", written(DNS_PROPAGATION_TIMEOUT)),
         ("spec.loadBalancer.dns", "strategy", word(DnsStrategy::default())),
         ("spec.loadBalancer.dns", "addressType", word(AddressType::default())),
+        ("spec.notify", "webhook.format", word(WebhookFormat::default())),
         ("spec.quorum", "timeout", written(QUORUM_TIMEOUT)),
         ("spec.defaults", "drain.timeout", written(DRAIN_TIMEOUT)),
         ("spec.defaults", "drain.ignoreDaemonSets", IGNORE_DAEMON_SETS.to_string()),

@@ -540,7 +540,7 @@ pub struct PrometheusGate {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Notify {
-    /// A JSON POST per event; the body has a Slack-compatible `text`.
+    /// A JSON POST per event, shaped for the chat it goes to (`format`).
     #[schemars(with = "Webhook")]
     pub webhook: Spanned<Webhook>,
 }
@@ -561,6 +561,26 @@ pub struct Webhook {
     /// `interrupted`, `finished`.
     #[serde(default)]
     pub events: Option<Vec<NotifyEvent>>,
+    /// The body's shape: `slack` (default), `teams`, `mattermost` or `json`.
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+/// The shape of a webhook's body, for the service that receives it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookFormat {
+    /// A Slack incoming webhook: `text`, with `plan`, `event` and `detail` beside it.
+    #[default]
+    Slack,
+    /// A Microsoft Teams workflow ("when a Teams webhook request is received"): a
+    /// `message` holding one Adaptive Card (1.4) with the text and the plan and event.
+    Teams,
+    /// A Mattermost incoming webhook: `text` and `username`, the plan, event and detail
+    /// in `props`.
+    Mattermost,
+    /// noderoll's own event for anything else: `plan`, `event`, `text`, `detail`.
+    Json,
 }
 
 /// Events a webhook can receive.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::model::{
     AddressType, AlreadyCordonedPolicy, DnsStrategy, DrainTimeoutPolicy, LoadBalancerMode, NotifyEvent, Role,
-    SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy, WindowEndPolicy,
+    SessionTimeoutPolicy, TsigAlgorithm, UncordonPolicy, WebhookFormat, WindowEndPolicy,
 };
 use super::selector::Selector;
 use super::template::CommandTemplate;
@@ -158,6 +158,8 @@ pub struct WebhookPlan {
     pub url: UrlSource,
     /// Which events it receives.
     pub events: Vec<NotifyEvent>,
+    /// The body's shape.
+    pub format: WebhookFormat,
 }
 
 /// A URL written in the plan, or kept in a file beside it.

@@ -113,3 +113,121 @@ fn a_webhook_that_never_answers_is_given_up_on_and_counted() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("2 webhook notification(s) could not be delivered"), "{stdout}");
 }
+
+/// Whether `value` is an object holding `required` and nothing outside `allowed`.
+fn keys(value: &Value, required: &[&str], allowed: &[&str]) -> Result<(), String> {
+    let object = value.as_object().ok_or_else(|| format!("not an object: {value}"))?;
+    if let Some(missing) = required.iter().find(|k| !object.contains_key(**k)) {
+        return Err(format!("`{missing}` missing: {value}"));
+    }
+    if let Some(extra) = object.keys().find(|k| !allowed.contains(&k.as_str()) && !required.contains(&k.as_str())) {
+        return Err(format!("`{extra}` is not a field of this body: {value}"));
+    }
+    Ok(())
+}
+
+fn string(value: &Value, what: &str) -> Result<String, String> {
+    value
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{what} is not a string: {value}"))
+}
+
+/// The body's shape as each service documents what its webhook takes; returns the text
+/// people read.
+fn conforms(format: &str, body: &Value) -> Result<String, String> {
+    match format {
+        // Slack's incoming webhooks: `text` (or blocks); other top-level fields are ignored.
+        "slack" => {
+            keys(body, &["text", "plan", "event", "detail"], &[])?;
+            string(&body["text"], "text")
+        }
+        // Mattermost's incoming webhooks: text, and the optional fields it names.
+        "mattermost" => {
+            keys(
+                body,
+                &["text"],
+                &["username", "icon_url", "icon_emoji", "channel", "attachments", "props", "type", "priority"],
+            )?;
+            string(&body["username"], "username")?;
+            keys(&body["props"], &["plan", "event", "detail"], &[])?;
+            string(&body["text"], "text")
+        }
+        // A Teams workflow's webhook trigger: a message whose attachments are Adaptive Cards.
+        "teams" => {
+            keys(body, &["type", "attachments"], &[])?;
+            (body["type"] == "message").then_some(()).ok_or("type is not `message`")?;
+            let [attachment] = body["attachments"].as_array().map(Vec::as_slice).unwrap_or_default() else {
+                return Err(format!("not one attachment: {body}"));
+            };
+            keys(attachment, &["contentType", "content"], &["contentUrl"])?;
+            (attachment["contentType"] == "application/vnd.microsoft.card.adaptive")
+                .then_some(())
+                .ok_or("not an Adaptive Card")?;
+            let card = &attachment["content"];
+            keys(card, &["type", "version", "body"], &["$schema", "actions", "msteams"])?;
+            (card["type"] == "AdaptiveCard").then_some(()).ok_or("content is not an AdaptiveCard")?;
+            let version = string(&card["version"], "version")?;
+            version.strip_prefix("1.").and_then(|m| m.parse::<u8>().ok()).filter(|m| *m <= 5).ok_or(version)?;
+            let mut text = None;
+            for element in card["body"].as_array().ok_or("body is not a list")? {
+                match element["type"].as_str() {
+                    Some("TextBlock") => {
+                        keys(element, &["type", "text"], &["wrap", "weight", "size"])?;
+                        text.get_or_insert(string(&element["text"], "a TextBlock's text")?);
+                    }
+                    Some("FactSet") => {
+                        keys(element, &["type", "facts"], &[])?;
+                        for fact in element["facts"].as_array().ok_or("facts is not a list")? {
+                            keys(fact, &["title", "value"], &[])?;
+                            string(&fact["title"], "a fact's title")?;
+                            string(&fact["value"], "a fact's value")?;
+                        }
+                    }
+                    _ => return Err(format!("an element Teams would not render: {element}")),
+                }
+            }
+            text.ok_or_else(|| format!("no TextBlock: {card}"))
+        }
+        "json" => {
+            keys(body, &["plan", "event", "text", "detail"], &[])?;
+            string(&body["text"], "text")
+        }
+        other => Err(format!("no such format {other}")),
+    }
+}
+
+#[test]
+fn each_webhook_format_sends_the_body_its_service_takes() {
+    for format in ["slack", "teams", "mattermost", "json"] {
+        let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+        let receiver = Receiver::start(200);
+        let webhook = format!(
+            "{{webhook: {{url: \"http://127.0.0.1:{}/hook\", events: [started, halted], format: {format}}}}}",
+            receiver.port
+        );
+        let out = apply_via(&sim.kubeconfig(), &plan(&sim, "[\"false\"]", &webhook), &[]).output().expect("apply runs");
+        assert_eq!(out.status.code(), Some(4), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        let bodies = receiver.bodies.lock().expect("lock").clone();
+        let texts: Vec<String> =
+            bodies.iter().map(|b| conforms(format, b).unwrap_or_else(|e| panic!("{format}: {e}"))).collect();
+        assert_eq!(texts.len(), 2, "{format}: {bodies:?}");
+        assert_eq!(texts[0], "noderoll: rollout `notified` started: 5 node(s) in 2 batch(es)", "{format}");
+        assert!(texts[1].contains("HALTED") && texts[1].contains("cp1/upgrade"), "{format}: {}", texts[1]);
+    }
+}
+
+#[test]
+fn the_format_check_refuses_bodies_its_service_would_not_take() {
+    // The checker above is what the format test relies on: it must fail where it should.
+    let card = |element: Value| {
+        serde_json::json!({"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive",
+            "content": {"type": "AdaptiveCard", "version": "1.4", "body": [element]}}]})
+    };
+    assert!(conforms("teams", &card(serde_json::json!({"type": "TextBlock", "text": "hi"}))).is_ok());
+    assert!(conforms("teams", &card(serde_json::json!({"type": "Image", "url": "x"}))).is_err());
+    assert!(conforms("teams", &serde_json::json!({"text": "hi"})).is_err(), "a Slack body is no Teams message");
+    assert!(conforms("mattermost", &serde_json::json!({"text": "hi", "plan": "p"})).is_err(), "no top-level plan");
+    assert!(conforms("json", &serde_json::json!({"plan": "p", "event": "e", "text": ""})).is_err());
+}

@@ -166,7 +166,7 @@ impl Checker<'_> {
         });
         events.sort();
         events.dedup();
-        Some(WebhookPlan { url, events })
+        Some(WebhookPlan { url, events, format: w.format })
     }
 
     pub(super) fn window(&mut self, w: &model::Window) -> Option<WindowPlan> {
