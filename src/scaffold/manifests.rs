@@ -2,8 +2,9 @@
 //! its maintenance windows. A ServiceAccount; a ClusterRole and a Role holding exactly the
 //! requests the executor makes (tested against the simulator's request log); their
 //! bindings; the plan in a ConfigMap; and a CronJob that starts `noderoll apply
-//! --until-window-end` when each window opens, with its journal in a ConfigMap. Pure: the
-//! plan in, YAML text out.
+//! --until-window-end` when each window opens, with its journal in a ConfigMap; or, for a
+//! plan without a window and without `--schedule`, a Job that runs the rollout once. Pure:
+//! the plan in, YAML text out.
 
 use std::path::Path;
 
@@ -25,22 +26,18 @@ const RUN_AS_USER: u32 = 65532;
 /// How to write the manifests.
 #[derive(Debug, Clone)]
 pub struct ManifestOptions {
-    /// Namespace of the CronJob, its ServiceAccount, the lock Lease and the journal.
+    /// Namespace of the (Cron)Job, its ServiceAccount, the lock Lease and the journal.
     pub namespace: String,
     /// Container image holding `noderoll` and the tools the plan's hooks run.
     pub image: String,
-    /// A cron schedule for plans without a window.
+    /// A cron schedule, for a plan without a window that should run on one; without it
+    /// such a plan gets a Job that runs once.
     pub schedule: Option<String>,
 }
 
 /// Why manifests cannot be written for a plan.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// No window and no `--schedule`.
-    #[error(
-        "the plan has no maintenance window, so there is no schedule for its CronJob; add `spec.window` or pass --schedule \"MIN HOUR DOM MON DOW\""
-    )]
-    NoSchedule,
     /// A schedule CronJob cannot express.
     #[error(
         "`{0}` has {1} fields; a CronJob's schedule has five (minute hour day-of-month month day-of-week), without seconds"
@@ -130,14 +127,16 @@ pub fn render(
         }
         m
     };
-    let (schedule, timezone) = match (&options.schedule, &plan.window) {
-        (Some(s), _) => (s.clone(), plan.window.as_ref().map(|w| w.timezone_name.clone())),
-        (None, Some(w)) => (w.cron_text.clone(), Some(w.timezone_name.clone())),
-        (None, None) => return Err(ManifestError::NoSchedule),
+    let schedule = match (&options.schedule, &plan.window) {
+        (Some(s), _) => Some((s.clone(), plan.window.as_ref().map(|w| w.timezone_name.clone()))),
+        (None, Some(w)) => Some((w.cron_text.clone(), Some(w.timezone_name.clone()))),
+        (None, None) => None,
     };
-    let fields = schedule.split_whitespace().count();
-    if fields != 5 {
-        return Err(ManifestError::Schedule(schedule, fields));
+    if let Some((text, _)) = &schedule {
+        let fields = text.split_whitespace().count();
+        if fields != 5 {
+            return Err(ManifestError::Schedule(text.clone(), fields));
+        }
     }
     let file_name = plan_file.file_name().map_or_else(|| "plan.yaml".into(), |n| n.to_string_lossy().into_owned());
     let files = referenced_files(plan);
@@ -159,26 +158,26 @@ pub fn render(
     if !files.is_empty() {
         sources.push(json!({"secret": {"name": names.files_secret}}));
     }
-    let args = json!([
-        "apply",
-        format!("{PLAN_DIR}/{file_name}"),
-        "--yes",
-        "--until-window-end",
-        "--output",
-        "json",
-        "--journal-configmap",
-        format!("{ns}/{}", names.journal),
-        "--lock-namespace",
-        ns,
-        "--state-dir",
-        STATE_DIR,
-    ]);
-    let mut cron_spec = json!({
-        "schedule": schedule,
-        "concurrencyPolicy": "Forbid",
-        "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 5,
-        "jobTemplate": {"spec": {
+    let mut args = vec![json!("apply"), json!(format!("{PLAN_DIR}/{file_name}")), json!("--yes")];
+    if schedule.is_some() {
+        args.push(json!("--until-window-end"));
+    }
+    args.extend(
+        [
+            "--output",
+            "json",
+            "--journal-configmap",
+            &format!("{ns}/{}", names.journal),
+            "--lock-namespace",
+            ns,
+            "--state-dir",
+            STATE_DIR,
+        ]
+        .map(|a| json!(a)),
+    );
+    // A failed run is not retried by the Job: a halt needs the operator, and running
+    // `apply` again (a new Job) resumes from the journal.
+    let job_spec = json!({
             "backoffLimit": 0,
             "template": {
                 "metadata": {"labels": labels(&plan.name)},
@@ -215,17 +214,27 @@ pub fn render(
                     ],
                 },
             },
-        }},
     });
-    if let Some(zone) = timezone {
-        cron_spec["timeZone"] = json!(zone);
-    }
-    if let Some(w) = &plan.window {
-        // A start missed (controller down, node busy) may still run while the window lasts.
-        cron_spec["startingDeadlineSeconds"] = json!(w.duration.as_secs());
-    }
-    let cron_job =
-        json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta(&names.role, true), "spec": cron_spec});
+    let runner = match &schedule {
+        Some((text, timezone)) => {
+            let mut cron_spec = json!({
+                "schedule": text,
+                "concurrencyPolicy": "Forbid",
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 5,
+                "jobTemplate": {"spec": job_spec},
+            });
+            if let Some(zone) = timezone {
+                cron_spec["timeZone"] = json!(zone);
+            }
+            if let Some(w) = &plan.window {
+                // A start missed (controller down, node busy) may still run while the window lasts.
+                cron_spec["startingDeadlineSeconds"] = json!(w.duration.as_secs());
+            }
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta(&names.role, true), "spec": cron_spec})
+        }
+        None => json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta(&names.role, true), "spec": job_spec}),
+    };
 
     let mut documents = vec![service_account, cluster_role, cluster_binding, role, binding];
     if plan.load_balancer.mode == LoadBalancerMode::CiliumL2
@@ -242,15 +251,25 @@ pub fn render(
             "subjects": subjects,
         }));
     }
-    documents.extend([plan_config, cron_job]);
+    documents.extend([plan_config, runner]);
     let yaml = serde_saphyr::to_string_multiple(&documents).map_err(|e| ManifestError::Yaml(e.to_string()))?;
-    Ok(header(plan, ns, &names, &files) + &yaml)
+    Ok(header(plan, ns, &names, &files, schedule.is_some()) + &yaml)
 }
 
-fn header(plan: &Plan, ns: &str, names: &Names, files: &[String]) -> String {
+fn header(plan: &Plan, ns: &str, names: &Names, files: &[String], scheduled: bool) -> String {
+    let runs = if scheduled {
+        "# The CronJob runs `noderoll apply --until-window-end` at each window's start".to_owned()
+    } else {
+        format!(
+            "# The Job runs `noderoll apply` once, when applied; after a halt, resume with\n\
+             #   kubectl delete job -n {ns} {} && kubectl apply -f THIS_FILE\n\
+             # The rollout resumes from its journal",
+            names.role
+        )
+    };
     let mut text = format!(
         "# noderoll manifests for plan `{}`: apply with `kubectl apply -f` into an existing namespace `{ns}`.\n\
-         # The CronJob runs `noderoll apply --until-window-end` at each window's start; the journal is\n\
+         {runs}; the journal is\n\
          # the ConfigMap {ns}/{} (`noderoll status PLAN --journal-configmap {ns}/{}`).\n\
          # The image needs noderoll and whatever the plan's hooks run (ssh, ...).\n",
         plan.name, names.journal, names.journal
@@ -305,13 +324,23 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_without_window_needs_a_five_field_schedule() {
+    fn a_plan_without_window_runs_once_in_a_job_or_on_a_five_field_schedule() {
         let (plan, text) = plan("");
-        assert!(matches!(render(&plan, &text, Path::new("p.yaml"), &options()), Err(ManifestError::NoSchedule)));
+        let yaml = render(&plan, &text, Path::new("p.yaml"), &options()).expect("manifests");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
+        let job = docs.last().expect("documents");
+        assert_eq!(job["kind"], "Job");
+        assert_eq!(job["spec"]["backoffLimit"], 0);
+        let args = job["spec"]["template"]["spec"]["containers"][0]["args"].as_array().expect("args");
+        assert!(!args.iter().any(|a| a == "--until-window-end"), "{args:?}");
+        assert!(args.iter().any(|a| a == "noderoll/noderoll-studio-journal"), "{args:?}");
+        assert!(yaml.contains("kubectl delete job -n noderoll noderoll-studio"), "{yaml}");
         let six = ManifestOptions { schedule: Some("0 0 22 * * 5".into()), ..options() };
         assert!(matches!(render(&plan, &text, Path::new("p.yaml"), &six), Err(ManifestError::Schedule(_, 6))));
         let five = ManifestOptions { schedule: Some("0 2 * * 0".into()), ..options() };
-        assert!(render(&plan, &text, Path::new("p.yaml"), &five).is_ok());
+        let yaml = render(&plan, &text, Path::new("p.yaml"), &five).expect("manifests");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
+        assert_eq!(docs.last().expect("documents")["kind"], "CronJob");
     }
 
     #[test]

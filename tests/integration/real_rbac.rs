@@ -95,6 +95,16 @@ fn a_whole_rollout_runs_with_only_the_service_accounts_token_and_a_missing_rule_
     std::fs::write(&path, pod.to_string()).expect("write");
     let admitted = plane.kubectl(&["create", "--dry-run=server", "-f", path.to_str().expect("utf-8")]);
     assert!(admitted.status.success(), "restricted admits the pod: {}", String::from_utf8_lossy(&admitted.stderr));
+    // Without a window or --schedule, the rollout runs once in a Job: the real API server
+    // admits it (Job validation, Pod Security on its template) in a server-side dry run.
+    let once = noderoll().arg("manifests").arg(&rbac).args(["--namespace", NAMESPACE]).assert().success();
+    let path = plane.dir().join("once.manifests.yaml");
+    std::fs::write(&path, &once.get_output().stdout).expect("write");
+    let applied = plane.kubectl(&["apply", "--dry-run=server", "-f", path.to_str().expect("utf-8")]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&applied.stdout), String::from_utf8_lossy(&applied.stderr));
+    assert!(applied.status.success(), "the real API server accepts the Job: {stderr}");
+    assert!(stdout.contains("job.batch/noderoll-rbac created (server dry run)"), "{stdout}");
+    assert!(!stderr.contains("PodSecurity"), "the Job's pod meets the restricted level: {stderr}");
 
     let token = token_kubeconfig(&plane);
     let out = apply_via(&token, &rbac, &in_cluster_args("rbac").iter().map(String::as_str).collect::<Vec<_>>())
