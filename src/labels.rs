@@ -24,6 +24,12 @@ pub const SERVICE_LABELS: [&str; 4] = [JUNO_SERVICE, CONTROL_PLANE_ROLE, ETCD_RO
 /// The node label a CiliumBGPPeeringPolicy commonly selects by (the plan's `bgp.nodeLabel`
 /// default).
 pub const CILIUM_BGP: &str = "cilium.io/bgp-enabled";
+/// The label k3s's ServiceLB puts on its `svclb-*` DaemonSets and their pods: the name of
+/// the LoadBalancer Service they serve (`svccontroller.k3s.cattle.io/svcnamespace` beside
+/// it holds the namespace).
+pub const SERVICELB_SERVICE: &str = "svccontroller.k3s.cattle.io/svcname";
+/// The namespace of the Service a ServiceLB pod serves.
+pub const SERVICELB_NAMESPACE: &str = "svccontroller.k3s.cattle.io/svcnamespace";
 /// The annotation the kubelet puts on mirror pods of static manifests; the drain leaves them.
 pub const MIRROR_POD: &str = "kubernetes.io/config.mirror";
 /// The taint the node lifecycle controller sets on a cordoned node.

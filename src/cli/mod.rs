@@ -16,6 +16,7 @@ use crate::exit_code;
 use crate::exit_code::KnowsExitCode;
 use crate::plan::{self, Diagnostic, Severity};
 use crate::planner;
+use crate::world::inventory::Scope;
 
 /// Plans and runs batched rolling upgrades of Kubernetes (k3s) nodes without disrupting the
 /// people who use them.
@@ -94,18 +95,20 @@ pub enum Command {
     Schema,
     /// Print what a cluster needs to run the plan's rollout by itself in its maintenance
     /// windows: ServiceAccount, least-privilege RBAC, the plan in a ConfigMap, and a CronJob
-    /// running `apply --until-window-end` with its journal in a ConfigMap.
+    /// running `apply --until-window-end` with its journal in a ConfigMap (for a plan
+    /// without a window and without --schedule, a Job that runs the rollout once).
     Manifests {
         /// The plan file.
         #[arg(value_name = "PLAN")]
         plan: PathBuf,
-        /// Namespace of the CronJob, its ServiceAccount, lock and journal (it must exist).
+        /// Namespace of the (Cron)Job, its ServiceAccount, lock and journal (it must exist).
         #[arg(long, default_value = "noderoll")]
         namespace: String,
         /// Container image with noderoll and what the plan's hooks run.
         #[arg(long, default_value = concat!("noderoll:", env!("CARGO_PKG_VERSION")))]
         image: String,
-        /// The CronJob's schedule (five cron fields) when the plan has no window.
+        /// A CronJob schedule (five cron fields) for a plan without a window; without it
+        /// such a plan gets a Job that runs the rollout once.
         #[arg(long, value_name = "CRON")]
         schedule: Option<String>,
     },
@@ -148,16 +151,17 @@ impl ClusterSource {
         self.snapshot.is_some() || self.kubeconfig.is_some() || self.context.is_some()
     }
 
-    /// Reads the cluster's inventory.
-    fn read(&self) -> Result<planner::Inventory> {
-        use crate::world::inventory::{Scope, from_cluster, from_snapshot};
+    /// Reads the cluster's inventory, as much of it as `scope` asks (a snapshot holds what
+    /// it holds).
+    fn read(&self, scope: Scope) -> Result<planner::Inventory> {
+        use crate::world::inventory::{from_cluster, from_snapshot};
         if let Some(path) = &self.snapshot {
             return Ok(from_snapshot(path)?);
         }
         runtime()?.block_on(async {
             let client =
                 crate::world::kube::connect_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
-            Ok(from_cluster(&client, &crate::world::retry::Patience::default(), Scope::Everything).await?)
+            Ok(from_cluster(&client, &crate::world::retry::Patience::default(), scope).await?)
         })
     }
 }
@@ -267,7 +271,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             preview(&plan, output, &cluster, etcd, &windows, color)
         }
         Command::Init { cluster, batch_size, name } => {
-            let inventory = cluster.read()?;
+            let inventory = cluster.read(Scope::WithLoadBalancers)?;
             print!("{}", crate::scaffold::init::starter(&name, &inventory, batch_size));
             Ok(exit_code::SUCCESS)
         }
@@ -428,7 +432,7 @@ fn preview(
     if !checked.diagnostics.is_empty() {
         eprint!("{}", render_diagnostics(&checked.diagnostics, color));
     }
-    let inventory = if cluster.given() { Some(cluster.read()?) } else { None };
+    let inventory = if cluster.given() { Some(cluster.read(Scope::Everything)?) } else { None };
     let planned = planner::build_with(&plan, inventory.as_ref())
         .map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
     let survey = inventory.as_ref().map(|i| planner::survey::survey(&plan, &planned, i));

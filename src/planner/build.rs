@@ -104,6 +104,20 @@ pub struct Inventory {
     pub pods: Vec<PodFacts>,
     /// PodDisruptionBudgets.
     pub budgets: Vec<BudgetFacts>,
+    /// Cilium's BGP and L2 announcement policies, read for `init` only: which nodes its
+    /// load balancing runs on names the plan's `loadBalancer.mode`.
+    pub cilium_policies: Vec<CiliumPolicy>,
+}
+
+/// A Cilium object that selects the nodes it announces services from.
+#[derive(Debug, Clone)]
+pub struct CiliumPolicy {
+    /// `CiliumBGPClusterConfig`, `CiliumBGPPeeringPolicy` or `CiliumL2AnnouncementPolicy`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// `spec.nodeSelector`, a `LabelSelector` (null when absent: every node).
+    pub node_selector: serde_json::Value,
 }
 
 /// What the drain needs to know of a pod.

@@ -10,7 +10,7 @@ pub mod render;
 pub mod schedule;
 pub mod survey;
 
-pub use build::{BudgetFacts, Inventory, Planned, PodFacts, build, build_for_cluster, build_with};
+pub use build::{BudgetFacts, CiliumPolicy, Inventory, Planned, PodFacts, build, build_for_cluster, build_with};
 pub use graph::{Action, RecordChange, Step, StepGraph, StepRef, node_step_id};
 
 /// Why a plan cannot be turned into a graph.

@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use super::cluster::Cluster;
 use super::resources::idx;
 use super::status::ApiError;
-use crate::labels::{CILIUM_BGP, CONTROL_PLANE_ROLE, ETCD_ROLE, JUNO_SERVICE, JUNO_WORKSTATION, MASTER_ROLE};
+use crate::labels::{
+    CILIUM_BGP, CONTROL_PLANE_ROLE, ETCD_ROLE, JUNO_SERVICE, JUNO_WORKSTATION, MASTER_ROLE, SERVICELB_NAMESPACE,
+    SERVICELB_SERVICE,
+};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -150,7 +153,9 @@ pub(crate) fn populate(cluster: &mut Cluster, options: &GenerateOptions) -> Resu
     let control_plane_toleration = json!([{"key": CONTROL_PLANE_ROLE, "operator": "Exists", "effect": "NoSchedule"}]);
     cluster.create(
         idx::DAEMONSETS,
-        workload(json!({}), "svclb-traefik", "kube-system", json!({"app": "svclb-traefik"}),
+        // Labelled as k3s's ServiceLB labels the DaemonSet it runs for Traefik's Service.
+        workload(json!({}), "svclb-traefik", "kube-system",
+            json!({"app": "svclb-traefik", SERVICELB_SERVICE: "traefik", SERVICELB_NAMESPACE: "kube-system"}),
             json!({"containers": container("lb-tcp-443", "rancher/klipper-lb:v0.4.9"), "tolerations": [{"operator": "Exists"}]})),
     )?;
     cluster.create(

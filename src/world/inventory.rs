@@ -2,7 +2,8 @@
 //! snapshot file (`kubectl get nodes,pods,pdb,deploy,sts,ds -A -o yaml`) or from a live API
 //! server, in pages as kubectl lists. Both become JSON objects first, so one reading of the
 //! fields serves both, and the executor's node list and the preview's full survey are the
-//! same reader asked for less or more.
+//! same reader asked for less or more. `init` asks for Cilium's policies too, where the
+//! cluster serves them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,10 +11,11 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::Value;
 
 use crate::exit_code::{self, KnowsExitCode};
-use crate::planner::{BudgetFacts, Inventory, PodFacts};
+use crate::planner::{BudgetFacts, CiliumPolicy, Inventory, PodFacts};
 use crate::world::retry::{self, Patience};
 
 /// Objects per page when listing a cluster (kubectl's chunk size): a facility's whole node
@@ -26,7 +28,7 @@ pub enum InventoryError {
     /// Listing failed for good (after retries).
     #[error("cannot list the cluster's {what}")]
     Api {
-        /// Nodes, pods or disruption budgets.
+        /// Nodes, pods, disruption budgets or a Cilium kind.
         what: &'static str,
         /// The client's error.
         #[source]
@@ -53,7 +55,20 @@ pub enum Scope {
     Nodes,
     /// Nodes, pods and disruption budgets: what the preview's survey needs too.
     Everything,
+    /// Everything and Cilium's BGP and L2 announcement policies: what `init` needs to name
+    /// the load-balancer mode.
+    WithLoadBalancers,
 }
+
+/// The Cilium kinds whose node selector says where load balancing runs, as (version,
+/// kind, plural). `CiliumBGPClusterConfig` is served as `v2` from Cilium 1.18 and as
+/// `v2alpha1` before; a cluster serving both lists the same objects twice, kept once.
+const CILIUM_KINDS: [(&str, &str, &str); 4] = [
+    ("v2", "CiliumBGPClusterConfig", "ciliumbgpclusterconfigs"),
+    ("v2alpha1", "CiliumBGPClusterConfig", "ciliumbgpclusterconfigs"),
+    ("v2alpha1", "CiliumBGPPeeringPolicy", "ciliumbgppeeringpolicies"),
+    ("v2alpha1", "CiliumL2AnnouncementPolicy", "ciliuml2announcementpolicies"),
+];
 
 fn strings(value: &Value) -> BTreeMap<String, String> {
     value.as_object().into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect()
@@ -111,6 +126,16 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                 never: crate::planner::budget::never_allows(object),
                 holds_unhealthy: crate::planner::budget::holds_unhealthy(object),
             }),
+            Some(kind)
+                if CILIUM_KINDS.iter().any(|(_, k, _)| *k == kind)
+                    && !inventory.cilium_policies.iter().any(|p| p.kind == kind && p.name == name) =>
+            {
+                inventory.cilium_policies.push(CiliumPolicy {
+                    kind: kind.to_owned(),
+                    name,
+                    node_selector: object["spec"]["nodeSelector"].clone(),
+                });
+            }
             _ => {}
         }
     }
@@ -149,6 +174,19 @@ pub async fn from_cluster(
         add_typed(&mut inventory, "PodDisruptionBudget", page)
     })
     .await?;
+    if scope == Scope::WithLoadBalancers {
+        for (version, kind, plural) in CILIUM_KINDS {
+            let resource =
+                ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cilium.io", version, kind), plural);
+            let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            let read = read_pages(&api, patience, plural, |page| add_typed(&mut inventory, kind, page)).await;
+            match read {
+                // Not served: no Cilium, or not this version of it.
+                Err(InventoryError::Api { source: kube::Error::Api(status), .. }) if status.code == 404 => {}
+                other => other?,
+            }
+        }
+    }
     Ok(inventory)
 }
 

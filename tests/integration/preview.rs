@@ -199,7 +199,7 @@ mod with_a_cluster {
     }
 
     #[test]
-    fn init_writes_a_plan_that_check_accepts() {
+    fn init_reads_servicelb_from_its_pods_and_check_accepts_the_plan_once_its_dns_is_filled_in() {
         let sim = SimProcess::start(&[]);
         let snapshot = snapshot(&sim);
         let out = noderoll()
@@ -207,8 +207,23 @@ mod with_a_cluster {
             .arg(&snapshot)
             .assert()
             .success();
+        let written = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(written.contains("svclb pods serve kube-system/traefik") && written.contains("    mode: servicelb\n"));
         let plan = sim.dir.path().join("init.yaml");
-        std::fs::write(&plan, &out.get_output().stdout).expect("write");
+        std::fs::write(&plan, &written).expect("write");
+        // The record and its server are the operator's to give: check names them as missing.
+        let refused = noderoll().arg("check").arg(&plan).assert().code(1);
+        let text = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+        assert!(text.contains("init.yaml:") && text.contains("dns"), "{text}");
+        let filled: Vec<String> = written
+            .lines()
+            .scan(false, |inside, line| {
+                let body = line.trim_start();
+                *inside = body.starts_with("# dns:") || (*inside && body.starts_with('#'));
+                Some(if *inside { line.replacen("# ", "", 1) } else { line.to_owned() })
+            })
+            .collect();
+        std::fs::write(&plan, filled.join("\n") + "\n").expect("write");
         let checked = noderoll().arg("check").arg(&plan).assert().success();
         let text = String::from_utf8_lossy(&checked.get_output().stdout).into_owned();
         assert!(text.contains("3 batch(es), 9 node(s) by name"), "{text}");

@@ -1,6 +1,7 @@
 //! `preview --kubeconfig` and `init --kubeconfig` against the real control plane: what the
 //! survey reads from real objects (pods with their owners, sessions, budgets the real
-//! disruption controller keeps) and a starting plan that `check` accepts.
+//! disruption controller keeps) and a starting plan that `check` accepts, its load-balancer
+//! mode read from Cilium's objects where the cluster serves them.
 
 use serde_json::Value;
 
@@ -59,16 +60,39 @@ fn preview_and_init_read_the_real_control_plane() {
     let text = String::from_utf8_lossy(&text.get_output().stdout).into_owned();
     assert!(text.contains("juno/strict"), "the text preview names the budget: {text}");
 
-    let out = noderoll()
-        .args(["init", "--batch-size", "2", "--name", "studio", "--kubeconfig"])
-        .arg(plane.kubeconfig())
-        .assert()
-        .success();
-    let yaml = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let init_yaml = || {
+        let out = noderoll()
+            .args(["init", "--batch-size", "2", "--name", "studio", "--kubeconfig"])
+            .arg(plane.kubeconfig())
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    let yaml = init_yaml();
     assert!(yaml.contains("nodes: [cp1, cp2, cp3]") && yaml.contains("nodes: [ws01, ws02]"), "{yaml}");
     let init = plane.dir().join("init.yaml");
     std::fs::write(&init, &yaml).expect("write");
     let checked = noderoll().arg("check").arg(&init).assert().success();
     let text = String::from_utf8_lossy(&checked.get_output().stdout).into_owned();
     assert!(text.contains("7 node(s) by name"), "{text}");
+    // No Cilium: the API server answers 404 for its kinds, and init writes `external`.
+    assert!(yaml.contains("    mode: external\n"), "{yaml}");
+
+    // Cilium's BGP kind as a CRD (its group, kind, plural and scope; the schema left open),
+    // and a cluster config selecting nodes by a label: init reads the mode and the label.
+    plane.apply_manifest(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: ciliumbgpclusterconfigs.cilium.io}\nspec:\n  group: cilium.io\n  scope: Cluster\n  names: {kind: CiliumBGPClusterConfig, plural: ciliumbgpclusterconfigs, singular: ciliumbgpclusterconfig, listKind: CiliumBGPClusterConfigList}\n  versions:\n  - name: v2\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+    );
+    plane.eventually("the CRD is established", || plane.kubectl(&["get", "ciliumbgpclusterconfigs"]).status.success());
+    plane.apply_manifest(
+        "apiVersion: cilium.io/v2\nkind: CiliumBGPClusterConfig\nmetadata: {name: studio}\nspec:\n  nodeSelector: {matchLabels: {bgp-policy: default}}\n  bgpInstances: [{name: instance-65000, localASN: 65000}]\n",
+    );
+    let yaml = init_yaml();
+    assert!(yaml.contains("# Cilium BGP: CiliumBGPClusterConfig `studio`."), "{yaml}");
+    assert!(
+        yaml.contains("    mode: cilium-bgp\n    # ") && yaml.contains("      nodeLabel: bgp-policy=default\n"),
+        "{yaml}"
+    );
+    std::fs::write(&init, &yaml).expect("write");
+    noderoll().arg("check").arg(&init).assert().success();
 }
