@@ -671,10 +671,24 @@ mod tests {
         assert!(unpack(b"not gzip").is_err());
     }
 
+    /// An API server to keep a journal in: the simulator, or the real control plane.
     struct Cluster {
-        simulator: crate::sim::Simulator,
+        simulator: Option<crate::sim::Simulator>,
+        /// Kept until the test ends: dropping it stops the control plane.
+        real: Option<test_support::control_plane::ControlPlane>,
         client: kube::Client,
         location: Location,
+    }
+
+    impl Cluster {
+        async fn stop(self) {
+            if let Some(simulator) = self.simulator {
+                simulator.stop().await;
+            }
+            if let Some(plane) = self.real {
+                tokio::task::spawn_blocking(move || drop(plane)).await.expect("the control plane stops");
+            }
+        }
     }
 
     async fn cluster() -> Cluster {
@@ -687,7 +701,18 @@ mod tests {
         let simulator = crate::sim::Simulator::start(config, population).await.expect("the simulator starts");
         let client = crate::world::kube::for_url(&simulator.url()).expect("a client");
         let location = Location::ConfigMap { namespace: "default".into(), name: "journal".into() };
-        Cluster { simulator, client, location }
+        Cluster { simulator: Some(simulator), real: None, client, location }
+    }
+
+    /// The real kube-apiserver, with etcd behind it (`scripts/control-plane`).
+    async fn real_cluster() -> Cluster {
+        use test_support::harness::Cluster as _;
+        let plane = tokio::task::spawn_blocking(test_support::control_plane::ControlPlane::up)
+            .await
+            .expect("the control plane starts");
+        let client = crate::world::kube::connect_context(Some(&plane.kubeconfig()), None).await.expect("a client");
+        let location = Location::ConfigMap { namespace: "default".into(), name: "journal".into() };
+        Cluster { simulator: None, real: Some(plane), client, location }
     }
 
     const SMALL: Limits = Limits { segment_text: 512, segments: 64 };
@@ -735,7 +760,7 @@ mod tests {
         let total: usize = found.iter().map(|s| s.1).sum();
         eprintln!("10,000 nodes: {written} records, {} segments, {total} bytes packed, largest {largest}", found.len());
         assert!(largest < LIMIT / 8, "every append sends one segment of at most {largest} bytes");
-        cluster.simulator.stop().await;
+        cluster.stop().await;
     }
 
     #[tokio::test]
@@ -765,7 +790,7 @@ mod tests {
         assert!(after.len() > before.len(), "{after:?}");
         let expected = lines(&records) + &lines(std::slice::from_ref(&approval)) + &lines(&more);
         assert_eq!(read_back(&cluster).await, expected);
-        cluster.simulator.stop().await;
+        cluster.stop().await;
     }
 
     #[tokio::test]
@@ -786,7 +811,7 @@ mod tests {
         journal.last_poll = None;
         let requests = journal.new_requests().await.expect("poll");
         assert_eq!(requests.len(), 1, "the writer reads the request in its own segment");
-        cluster.simulator.stop().await;
+        cluster.stop().await;
     }
 
     #[tokio::test]
@@ -798,7 +823,7 @@ mod tests {
         let mut second = open(&cluster, true, SMALL).await.expect("a second opens");
         let refused = second.start_segment(true).await;
         assert!(matches!(refused, Err(JournalError::Conflict { .. })), "{refused:?}");
-        cluster.simulator.stop().await;
+        cluster.stop().await;
     }
 
     #[tokio::test]
@@ -826,7 +851,41 @@ mod tests {
             matches!(&outcome, Err(JournalError::Full { reason, .. }) if reason.contains("segments")),
             "{outcome:?}"
         );
-        cluster.simulator.stop().await;
+        cluster.stop().await;
+    }
+
+    /// The chain on the real API server: every seal and append a PUT guarded by the
+    /// resourceVersion etcd gave, a second writer refused across a seal, a run killed
+    /// between a seal and the next segment resumed, and the journal read back whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_the_real_api_server_the_chain_crosses_seals_refuses_a_second_writer_and_resumes() {
+        let cluster = real_cluster().await;
+        let mut journal = open(&cluster, true, SMALL).await.expect("open");
+        let mut written = node_records(0);
+        journal.append(&written[0]).await.expect("append");
+        let mut second = open(&cluster, true, SMALL).await.expect("a second opens");
+        for record in &written[1..] {
+            journal.append(record).await.expect("append");
+        }
+        assert!(journal.segment > 2, "the journal went on past seals: segment {}", journal.segment);
+        let refused = second.append(&step_record(9, "cordon", false)).await;
+        assert!(matches!(refused, Err(JournalError::Conflict { .. })), "{refused:?}");
+
+        // Killed after sealing, before the next segment exists.
+        let packed = Packer::of(&journal.text).expect("pack").gzip();
+        journal.replace(packed, true).await.expect("sealed");
+        drop(journal);
+        let mut resumed = open(&cluster, true, SMALL).await.expect("resume");
+        let more = node_records(1);
+        for record in &more {
+            resumed.append(record).await.expect("append");
+        }
+        written.extend(more);
+        let found = segments(&cluster).await;
+        let (last, sealed) = found.split_last().expect("segments");
+        assert!(sealed.iter().all(|s| s.2) && !last.2, "all but the last sealed: {found:?}");
+        assert_eq!(read_back(&cluster).await, lines(&written));
+        cluster.stop().await;
     }
 
     #[test]
