@@ -173,8 +173,10 @@ impl Notifier {
 fn body(format: WebhookFormat, plan: &str, kind: NotifyEvent, text: &str, event: &Event) -> Value {
     let name = serde_json::to_value(kind).unwrap_or(Value::Null);
     match format {
-        WebhookFormat::Slack => json!({"text": text, "plan": plan, "event": name, "detail": event}),
-        WebhookFormat::Json => json!({"plan": plan, "event": name, "text": text, "detail": event}),
+        // Slack ignores fields beside `text`, so its body is noderoll's own event as well.
+        WebhookFormat::Slack | WebhookFormat::Json => {
+            json!({"text": text, "plan": plan, "event": name, "detail": event})
+        }
         WebhookFormat::Mattermost => json!({
             "text": text,
             "username": "noderoll",
