@@ -6,10 +6,17 @@
 //! that holds a pod which cannot become healthy by waiting (a container in CrashLoopBackOff
 //! or an image pull back-off) while the budget is short of healthy pods: under
 //! `unhealthyPodEvictionPolicy: IfHealthyBudget`, the default, the API server lets an
-//! unhealthy pod go only once the budget has its `desiredHealthy`. Pure: the drain asks it
-//! of the budgets that hold its pods, `preview` of those that cover them.
+//! unhealthy pod go only once the budget has its `desiredHealthy`. So would one whose
+//! replacements have nowhere to run: every node they could run on is out of service at
+//! once, each still holding more of the budget's pods than it lets go (kured #78 again: a
+//! pool of pinned workstations drained together). Pure: the drain asks it of the budgets
+//! that hold its pods, `preview` of those that cover them.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
+
+use super::placement::{Placement, Taint};
 
 /// Why `pdb` (a PodDisruptionBudget as JSON) can never allow an eviction, or `None` when
 /// it can, or when its status does not describe its current spec yet.
@@ -51,9 +58,7 @@ const STUCK_REASONS: [&str; 6] = [
 /// merely starting.
 pub fn stuck_unhealthy(pod: &Value) -> Option<String> {
     let status = &pod["status"];
-    let ready =
-        status["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
-    if ready || !matches!(status["phase"].as_str(), Some("Running" | "Pending")) {
+    if is_ready(pod) || !matches!(status["phase"].as_str(), Some("Running" | "Pending")) {
         return None;
     }
     ["initContainerStatuses", "containerStatuses"].iter().find_map(|list| {
@@ -64,6 +69,12 @@ pub fn stuck_unhealthy(pod: &Value) -> Option<String> {
                 .then(|| format!("container {} is in {reason}", c["name"].as_str().unwrap_or("?")))
         })
     })
+}
+
+/// Whether `pod` (as JSON) has its Ready condition True, which is what a budget counts as
+/// healthy.
+pub fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// Why `pdb` lets no unhealthy pod go now: its `unhealthyPodEvictionPolicy` is
@@ -97,6 +108,66 @@ pub const UNHEALTHY_FIX: &str = "fix the workload so that its pods become Ready,
 /// The help that goes with [`never_allows`]'s reason.
 pub const NEVER_ALLOWS_FIX: &str = "lower minAvailable below the pod count or set maxUnavailable to at least 1 (or scale the workload up so the budget has room), then run apply again";
 
+/// A node as [`stranded`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Its taints that keep pods off ([`super::placement::blocking_taints`]).
+    pub taints: &'a [Taint],
+    /// Out of service: cordoned, or taken out by the same wave. It comes back once its
+    /// drain has moved the budget's pods off it.
+    pub out: bool,
+    /// The budget's pods on it that its drain must still move.
+    pub held: usize,
+}
+
+/// Why a budget's pods can never all be moved: the replacements (whose `placements` are
+/// given) can run on no node in service among `hosts`, and every node out of service that
+/// could take them holds more of the budget's pods than the `allowed` disruptions, so none
+/// of them can be emptied and come back to take the replacements either. `None` when a
+/// replacement can start somewhere now or later; a host that never comes back (cordoned by
+/// someone else) must be left out of `hosts` by a caller that knows it, and is otherwise
+/// counted as one that may.
+pub fn stranded<'a>(
+    allowed: usize,
+    placements: &[Placement],
+    hosts: impl IntoIterator<Item = Host<'a>>,
+) -> Option<String> {
+    if placements.is_empty() {
+        return None;
+    }
+    let mut total = 0;
+    let mut fitting = Vec::new();
+    for host in hosts {
+        total += host.held;
+        if !placements.iter().any(|p| p.admits(host.name, host.labels, host.taints)) {
+            continue;
+        }
+        if !host.out || host.held <= allowed {
+            return None;
+        }
+        fitting.push(format!("{} ({})", host.name, host.held));
+    }
+    if total <= allowed {
+        return None;
+    }
+    let room = format!("it allows {allowed} disruption(s), so once those are spent no replacement can start");
+    Some(if fitting.is_empty() {
+        format!("no node in service admits its pods (nodeSelector, required node affinity, taints); {room}")
+    } else {
+        format!(
+            "its pods can run only on {}, all out of service at once, each holding more of its pods (in brackets) than it lets go; {room}, and none of those nodes comes back before its drain has moved them",
+            fitting.join(", ")
+        )
+    })
+}
+
+/// The help that goes with [`stranded`]'s reason.
+pub const STRANDED_FIX: &str = "take fewer of those nodes out at once (lower the batch's maxUnavailable, or give them a batch of their own), or let the workload run on more nodes, then run apply again";
+
 fn text(value: &Value) -> String {
     value.as_str().map_or_else(|| value.to_string(), str::to_owned)
 }
@@ -105,7 +176,53 @@ fn text(value: &Value) -> String {
 mod tests {
     use serde_json::json;
 
-    use super::{holds_unhealthy, never_allows, stuck_unhealthy};
+    use std::collections::BTreeMap;
+
+    use super::super::placement::Placement;
+    use super::{Host, holds_unhealthy, never_allows, stranded, stuck_unhealthy};
+
+    /// Four hosts: render nodes ws01 and ws02, an edit node ws03 and a tainted render node
+    /// ws04 its pods do not tolerate; `out` and `held` give (out, held) for ws01 and ws02.
+    fn judged(allowed: usize, out: [bool; 2], held: [usize; 2], ws03_render: bool) -> Option<String> {
+        let render = BTreeMap::from([("pool".to_owned(), "render".to_owned())]);
+        let edit = BTreeMap::from([("pool".to_owned(), if ws03_render { "render" } else { "edit" }.to_owned())]);
+        let gpu = [super::super::placement::Taint {
+            key: "gpu".to_owned(),
+            value: String::new(),
+            effect: "NoSchedule".to_owned(),
+        }];
+        let placement = Placement::of_pod(&json!({"spec": {"nodeSelector": {"pool": "render"}}}));
+        let hosts = [
+            Host { name: "ws01", labels: &render, taints: &[], out: out[0], held: held[0] },
+            Host { name: "ws02", labels: &render, taints: &[], out: out[1], held: held[1] },
+            Host { name: "ws03", labels: &edit, taints: &[], out: false, held: 0 },
+            Host { name: "ws04", labels: &render, taints: &gpu, out: false, held: 0 },
+        ];
+        stranded(allowed, &[placement], hosts)
+    }
+
+    #[test]
+    fn replacements_with_nowhere_to_run_strand_the_budget_and_any_way_out_is_waited_for() {
+        let why = judged(1, [true, true], [2, 2], false).expect("both render nodes out, two pods each, one disruption");
+        assert!(why.contains("only on ws01 (2), ws02 (2)") && why.contains("it allows 1 disruption(s)"), "{why}");
+        assert!(judged(1, [true, true], [1, 2], false).is_none(), "ws01 can be emptied, comes back and takes them");
+        assert!(judged(1, [true, false], [2, 2], false).is_none(), "ws02 is in service");
+        assert!(judged(1, [true, true], [2, 2], true).is_none(), "ws03 admits them too");
+        assert!(judged(0, [true, true], [1, 0], false).is_none(), "ws02 has none of its pods: it comes back");
+        assert!(judged(4, [true, true], [2, 2], false).is_none(), "the budget lets all four go");
+        assert!(
+            stranded(0, &[], [Host { name: "ws01", labels: &BTreeMap::new(), taints: &[], out: true, held: 3 }])
+                .is_none(),
+            "no replacement waits for a place"
+        );
+        let nowhere = stranded(
+            0,
+            &[Placement::of_pod(&json!({"spec": {"nodeSelector": {"pool": "gone"}}}))],
+            [Host { name: "ws01", labels: &BTreeMap::new(), taints: &[], out: true, held: 1 }],
+        )
+        .expect("no node admits them");
+        assert!(nowhere.starts_with("no node in service admits its pods"), "{nowhere}");
+    }
 
     fn pdb(spec: serde_json::Value, expected: i64, desired: i64) -> serde_json::Value {
         json!({"metadata": {"generation": 1}, "spec": spec,

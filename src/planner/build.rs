@@ -100,6 +100,9 @@ pub struct Inventory {
     pub nodes: BTreeMap<String, BTreeMap<String, String>>,
     /// Nodes cordoned now (`spec.unschedulable`).
     pub cordoned: BTreeSet<String>,
+    /// The taints that keep pods off a node ([`super::placement::blocking_taints`]), for
+    /// the nodes that have any.
+    pub taints: BTreeMap<String, Vec<super::placement::Taint>>,
     /// Pods bound to a node.
     pub pods: Vec<PodFacts>,
     /// PodDisruptionBudgets.
@@ -142,6 +145,10 @@ pub struct PodFacts {
     pub stuck: Option<String>,
     /// Succeeded or Failed.
     pub terminal: bool,
+    /// Its Ready condition is True.
+    pub ready: bool,
+    /// The nodes it (and so its replacement) could run on.
+    pub placement: super::placement::Placement,
 }
 
 /// A PodDisruptionBudget's selector and what it allows now.

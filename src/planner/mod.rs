@@ -6,6 +6,7 @@ pub mod build;
 pub mod estimate;
 pub mod graph;
 pub mod invariants;
+pub mod placement;
 pub mod render;
 pub mod schedule;
 pub mod survey;

@@ -4,12 +4,13 @@
 //! no batch covers, plan nodes the cluster lacks, roles that contradict node labels).
 //! Pure: the cluster's contents come in as an [`Inventory`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::build::{Inventory, Planned};
+use super::budget::{Host, stranded};
+use super::build::{Inventory, Planned, PodFacts};
 use crate::labels::{JUNO_WORKSTATION, SERVICE_LABELS, selector_matches};
 use crate::plan::Plan;
 use crate::plan::model::{AlreadyCordonedPolicy, Role};
@@ -138,7 +139,79 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
         node.hopeless_budgets = hopeless.into_iter().collect();
         result.nodes.push(node);
     }
+    for (node, entry) in stranded_in_waves(planned, inventory, &result.nodes) {
+        if let Some(surveyed) = result.nodes.iter_mut().find(|n| n.node == node) {
+            surveyed.hopeless_budgets.push(entry);
+        }
+    }
     result
+}
+
+/// The budgets a wave strands ([`stranded`]), as (node, `namespace/name: reason`) for each
+/// node of the wave that holds their pods. Each wave (the k-th node of every lane of a
+/// batch) is judged with its nodes out of service at once and the nodes cordoned already
+/// left out, since they stay cordoned; a budget's pods that are starting (not Ready, and
+/// not stuck) count as disruptions it may allow once they are Ready.
+fn stranded_in_waves(planned: &Planned, inventory: &Inventory, nodes: &[NodeSurvey]) -> Vec<(String, String)> {
+    let evicted: HashSet<&str> = nodes.iter().flat_map(|n| n.evict.iter().map(String::as_str)).collect();
+    let covered: Vec<Vec<&PodFacts>> = inventory
+        .budgets
+        .iter()
+        .map(|b| {
+            let covers = |p: &&PodFacts| p.namespace == b.namespace && selector_matches(&b.selector, &p.labels);
+            inventory.pods.iter().filter(|p| !p.terminal).filter(covers).collect()
+        })
+        .collect();
+    let no_taints = Vec::new();
+    let mut found = Vec::new();
+    for batch in &planned.batches {
+        for (w, wave) in batch.nodes.chunks(batch.lanes.max(1)).enumerate() {
+            let out: BTreeSet<&str> = wave.iter().map(String::as_str).collect();
+            for (budget, pods) in inventory.budgets.iter().zip(&covered) {
+                let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+                let mut placements = Vec::new();
+                let mut starting = 0;
+                for pod in pods {
+                    let key = format!("{}/{}", pod.namespace, pod.name);
+                    if out.contains(pod.node.as_str()) && evicted.contains(key.as_str()) {
+                        *held.entry(pod.node.as_str()).or_default() += 1;
+                        if !placements.contains(&pod.placement) {
+                            placements.push(pod.placement.clone());
+                        }
+                    }
+                    if !pod.ready && pod.stuck.is_none() {
+                        starting += 1;
+                    }
+                }
+                if held.is_empty() {
+                    continue;
+                }
+                let allowed = usize::try_from(budget.disruptions_allowed).unwrap_or(0) + starting;
+                let hosts = inventory
+                    .nodes
+                    .iter()
+                    .filter(|(name, _)| out.contains(name.as_str()) || !inventory.cordoned.contains(*name))
+                    .map(|(name, labels)| Host {
+                        name,
+                        labels,
+                        taints: inventory.taints.get(name).unwrap_or(&no_taints),
+                        out: out.contains(name.as_str()),
+                        held: held.get(name.as_str()).copied().unwrap_or(0),
+                    });
+                let Some(why) = stranded(allowed, &placements, hosts) else { continue };
+                let entry = format!(
+                    "{}/{}: wave {} of batch `{}` takes out {}; {why}",
+                    budget.namespace,
+                    budget.name,
+                    w + 1,
+                    batch.name,
+                    wave.join(", ")
+                );
+                found.extend(held.keys().map(|node| ((*node).to_owned(), entry.clone())));
+            }
+        }
+    }
+    found
 }
 
 fn sample(items: &[String]) -> String {
@@ -195,6 +268,53 @@ mod tests {
 
     use super::*;
 
+    /// The hopeless budgets surveyed on each of ws01..ws03 for a plan that takes out ws01 and
+    /// ws02 `lanes` at a time, with four `render` pods pinned to `pool: render` nodes (two
+    /// on each of ws01 and ws02) under a budget that allows one disruption; ws03 is a
+    /// render node when `third_render`.
+    fn render_pool(lanes: usize, third_render: bool) -> Vec<Vec<String>> {
+        let text = format!(
+            "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {{name: pool}}\nspec:\n  loadBalancer: {{mode: external}}\n  defaults:\n    upgrade: {{command: [true]}}\n    drain: {{ignoreDaemonSets: true}}\n  batches:\n    - {{name: render, role: workstation, nodes: [ws01, ws02], maxUnavailable: {lanes}}}\n    - {{name: rest, role: workstation, nodes: [ws03]}}\n"
+        );
+        let plan = crate::plan::check_str("pool.yaml", &text).plan.expect("the plan is valid");
+        let planned = crate::planner::build(&plan).expect("it plans");
+        let node =
+            |name: &str, pool: &str| json!({"kind": "Node", "metadata": {"name": name, "labels": {"pool": pool}}});
+        let pod = |name: &str, node: &str| {
+            json!({"kind": "Pod", "metadata": {"name": name, "namespace": "app", "labels": {"app": "render"}},
+                   "spec": {"nodeName": node, "nodeSelector": {"pool": "render"}},
+                   "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        };
+        let budget = json!({"kind": "PodDisruptionBudget", "metadata": {"name": "render", "namespace": "app", "generation": 1},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "render"}}},
+            "status": {"observedGeneration": 1, "currentHealthy": 4, "desiredHealthy": 3, "expectedPods": 4, "disruptionsAllowed": 1}});
+        let objects = [
+            node("ws01", "render"),
+            node("ws02", "render"),
+            node("ws03", if third_render { "render" } else { "edit" }),
+            pod("render-1", "ws01"),
+            pod("render-2", "ws01"),
+            pod("render-3", "ws02"),
+            pod("render-4", "ws02"),
+            budget,
+        ];
+        let inventory = crate::world::inventory::from_objects(&objects);
+        survey(&plan, &planned, &inventory).nodes.into_iter().map(|n| n.hopeless_budgets).collect()
+    }
+
+    #[test]
+    fn a_wave_that_takes_out_every_node_a_budget_s_pods_can_run_on_is_named_as_a_drain_that_will_halt() {
+        let together = render_pool(2, false);
+        assert_eq!(together[0].len(), 1, "{together:?}");
+        assert_eq!(together[0], together[1], "both nodes of the wave name it");
+        let entry = &together[0][0];
+        assert!(entry.starts_with("app/render: wave 1 of batch `render` takes out ws01, ws02;"), "{entry}");
+        assert!(entry.contains("only on ws01 (2), ws02 (2)") && entry.contains("it allows 1 disruption(s)"), "{entry}");
+        assert!(together[2].is_empty(), "{together:?}");
+        assert!(render_pool(1, false).iter().all(Vec::is_empty), "one at a time, the other render node takes them");
+        assert!(render_pool(2, true).iter().all(Vec::is_empty), "ws03, in service, takes them");
+    }
+
     #[test]
     fn a_crash_looping_pod_under_a_budget_short_of_healthy_pods_is_named_as_a_drain_that_will_halt() {
         let path = format!("{}/plans/external-lb.yaml", env!("CARGO_MANIFEST_DIR"));
@@ -210,8 +330,10 @@ mod tests {
         let budget = json!({"kind": "PodDisruptionBudget", "metadata": {"name": "web", "namespace": "app", "generation": 1},
             "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}},
             "status": {"observedGeneration": 1, "currentHealthy": 0, "desiredHealthy": 1, "expectedPods": 2, "disruptionsAllowed": 0}});
+        let first = planned.chains.first().map(|c| c.node.clone()).expect("a node");
         let objects = [
             json!({"kind": "Node", "metadata": {"name": node}}),
+            json!({"kind": "Node", "metadata": {"name": first}}),
             pod("web-1", "CrashLoopBackOff"),
             pod("web-2", "ContainerCreating"),
             budget,

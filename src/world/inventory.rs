@@ -92,6 +92,10 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                 if object["spec"]["unschedulable"] == true {
                     inventory.cordoned.insert(name.clone());
                 }
+                let taints = crate::planner::placement::blocking_taints(object);
+                if !taints.is_empty() {
+                    inventory.taints.insert(name.clone(), taints);
+                }
                 inventory.nodes.insert(name, strings(&meta["labels"]));
             }
             Some("Pod") => {
@@ -116,6 +120,8 @@ fn add_objects<'a>(inventory: &mut Inventory, objects: impl IntoIterator<Item = 
                     daemon_set,
                     terminal: matches!(object["status"]["phase"].as_str(), Some("Succeeded" | "Failed")),
                     stuck: crate::planner::budget::stuck_unhealthy(object),
+                    ready: crate::planner::budget::is_ready(object),
+                    placement: crate::planner::placement::Placement::of_pod(object),
                 });
             }
             Some("PodDisruptionBudget") => inventory.budgets.push(BudgetFacts {

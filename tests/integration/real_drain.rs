@@ -10,7 +10,7 @@ use std::process::Stdio;
 use serde_json::Value;
 
 use crate::control_plane::{ControlPlane, Shape, Studio, halted, plan};
-use crate::harness::{Cluster, apply_via};
+use crate::harness::{Cluster, apply_via, noderoll};
 
 /// A plan that upgrades `node` alone, with `drain` settings.
 fn one_node<'a>(node: &str, drain: &'a str) -> Shape<'a> {
@@ -282,6 +282,96 @@ fn a_crash_looping_pod_under_a_budget_short_of_healthy_pods_halts_the_drain_at_o
         .map(|(pod, _)| pod)
         .collect();
     assert_eq!(evicted.len(), 2, "both crash-looping pods were evicted: {evicted:?}");
+}
+
+const POOL: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\
+---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: pool, namespace: drain}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: pool}}\n  template:\n    metadata: {labels: {app: pool}}\n    spec:\n      nodeSelector: {juno-innovations.com/workstation: \"true\"}\n      tolerations: [{key: juno-innovations.com/workstation, operator: Exists}]\n      terminationGracePeriodSeconds: 1\n      containers: [{name: app, image: app:1}]\n\
+---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: pool, namespace: drain}\nspec:\n  maxUnavailable: 1\n  selector: {matchLabels: {app: pool}}\n";
+
+/// Both workstations, `lanes` at a time.
+fn both(lanes: usize) -> Shape<'static> {
+    let batches = format!("    - {{name: pool, role: workstation, nodes: [ws01, ws02], maxUnavailable: {lanes}}}\n");
+    Shape { drain: "{timeout: 15m, force: true, ignoreDaemonSets: true}", batches, ..Shape::default() }
+}
+
+#[test]
+fn a_wave_that_takes_out_every_node_a_budget_s_pods_can_run_on_halts_the_drain_at_once_on_the_real_control_plane() {
+    let plane = ControlPlane::up();
+    let studio = Studio { workstations: 2 };
+    plane.studio(&studio);
+    // Two pods of the pool on each workstation, the only nodes they may run on.
+    pin_to(&plane, &studio, "ws01", POOL, 2);
+    plane.kubectl_ok(&["cordon", "ws01"]);
+    plane.kubectl_ok(&["uncordon", "ws02"]);
+    plane.kubectl_ok(&["scale", "-n", "drain", "deployment/pool", "--replicas", "4"]);
+    plane.eventually("two pool pods run on ws02", || {
+        let on = plane.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            "drain",
+            "--field-selector",
+            "spec.nodeName=ws02,status.phase=Running",
+            "-o",
+            "name",
+        ]);
+        on.lines().filter(|l| l.contains("pool-")).count() == 2
+    });
+    plane.kubectl_ok(&["uncordon", "ws01"]);
+    plane.eventually("the disruption controller allows one disruption of four", || {
+        plane.kubectl_ok(&[
+            "get",
+            "pdb",
+            "-n",
+            "drain",
+            "pool",
+            "-o",
+            "jsonpath={.status.expectedPods}/{.status.disruptionsAllowed}",
+        ]) == "4/1"
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // The preview reads the same from the cluster: only when both go at once.
+    let preview = |plan: &std::path::Path| {
+        let out =
+            noderoll().args(["preview", "--output", "json", "--kubeconfig"]).arg(plane.kubeconfig()).arg(plan).assert();
+        let preview: Value = serde_json::from_slice(&out.success().get_output().stdout).expect("JSON");
+        preview["survey"]["nodes"].as_array().cloned().unwrap_or_default()
+    };
+    let one_at_a_time = plan(dir.path(), "serial", &both(1));
+    assert!(
+        preview(&one_at_a_time).iter().all(|n| n["hopelessBudgets"].as_array().is_some_and(Vec::is_empty)),
+        "one at a time, the other workstation takes the replacements"
+    );
+    let together = plan(dir.path(), "together", &both(2));
+    for node in preview(&together) {
+        let entries = node["hopelessBudgets"].to_string();
+        assert!(entries.contains("drain/pool: wave 1 of batch `pool` takes out ws01, ws02"), "{entries}");
+    }
+
+    // The drain may take 15 minutes; once the budget's one disruption is spent, the
+    // replacement can run nowhere and neither node can be emptied, so it must not.
+    let started = std::time::Instant::now();
+    let out = apply_via(&plane.kubeconfig(), &together, &[]).output().expect("apply runs");
+    assert!(!out.status.success(), "the drain must halt");
+    assert!(started.elapsed() < std::time::Duration::from_secs(90), "halted after {:?}", started.elapsed());
+    let halted = halted(&out.stdout);
+    let failed = halted["failed"].as_array().cloned().unwrap_or_default();
+    let stranded = failed.iter().find(|f| {
+        f["step"].as_str().is_some_and(|s| s.ends_with("/drain"))
+            && f["error"].as_str().is_some_and(|e| e.contains("PDB drain/pool holds drain/pool-"))
+    });
+    let error =
+        stranded.and_then(|f| f["error"].as_str()).unwrap_or_else(|| panic!("a drain names the budget: {halted}"));
+    assert!(error.contains("its pods can run only on ws01") && error.contains("all out of service at once"), "{error}");
+    assert!(error.contains("lower the batch's maxUnavailable"), "the error names the fix: {error}");
+    let answered = evictions(&plane);
+    assert_eq!(
+        answered.iter().filter(|(pod, code)| pod.starts_with("pool-") && *code == 201).count(),
+        1,
+        "the real API server let exactly one pool pod go: {answered:?}"
+    );
+    assert!(answered.iter().any(|(pod, code)| pod.starts_with("pool-") && *code == 429), "{answered:?}");
 }
 
 const HELD: &str = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: drain}\n\

@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::sessions::{is_terminal, pod_key, sample, uid};
+use super::stranding::stranded_now;
 use super::{Context, StepError};
 use crate::executor::journal::{self, Record};
 use crate::labels::selector_matches;
@@ -34,13 +35,17 @@ use crate::plan::duration::written;
 use crate::plan::model::DrainTimeoutPolicy;
 use crate::plan::resolved::DrainPlan;
 use crate::planner::Step;
-use crate::planner::budget::{NEVER_ALLOWS_FIX, UNHEALTHY_FIX, holds_unhealthy, never_allows, stuck_unhealthy};
+use crate::planner::budget::{
+    NEVER_ALLOWS_FIX, STRANDED_FIX, UNHEALTHY_FIX, holds_unhealthy, never_allows, stuck_unhealthy,
+};
 use crate::world::retry;
 
 /// Evictions in flight at once.
 const CONCURRENT_EVICTIONS: usize = 64;
 /// Plan time between retries of a pod a budget holds, if no PDB event came.
 const BLOCKED_FALLBACK: Duration = Duration::from_secs(30);
+/// Plan time between asking, while budgets hold pods, whether they strand them.
+const STRANDED_EVERY: Duration = Duration::from_secs(5);
 
 /// A pod to evict.
 #[derive(Debug, Clone)]
@@ -307,6 +312,7 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
     let mut in_flight = FuturesUnordered::new();
     let mut tick = tokio::time::interval(ctx.real(Duration::from_secs(1)).max(Duration::from_millis(10)));
     let mut fallback = Instant::now() + ctx.real(BLOCKED_FALLBACK);
+    let mut next_stranded = Instant::now() + ctx.real(STRANDED_EVERY);
     let mut reported = String::new();
     // Pods deleted at the timeout (`onTimeout: delete`); the second timeout then gives up.
     let mut deleted: Option<Vec<String>> = None;
@@ -476,6 +482,12 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                 let (due, waiting): (Vec<_>, Vec<_>) = progress.later.drain(..).partition(|(at, _)| *at <= now);
                 progress.later = waiting;
                 progress.queue.extend(due.into_iter().map(|(_, uid)| uid));
+                if now >= next_stranded && !progress.blocked.is_empty() {
+                    if let Some(error) = stranding(ctx, node, settings, &progress, &budgets).await? {
+                        return Err(error);
+                    }
+                    next_stranded = Instant::now() + ctx.real(STRANDED_EVERY);
+                }
                 if now >= fallback {
                     fallback = now + ctx.real(BLOCKED_FALLBACK);
                     let parked: Vec<String> = std::mem::take(&mut progress.blocked).into_keys().collect();
@@ -613,6 +625,36 @@ fn hopeless(node: &str, progress: &Progress, budgets: &BTreeMap<String, Budget>)
             )))
         })
     })
+}
+
+/// The error when a budget that holds a pod strands it ([`stranded_now`]): its replacements
+/// can run on no node in service, and every node out of service that could take them holds
+/// more of its pods than it lets go. Not asked under `onTimeout: delete`: the plan has
+/// chosen what the timeout does with pods a budget holds.
+async fn stranding(
+    ctx: &Context,
+    node: &str,
+    settings: &DrainPlan,
+    progress: &Progress,
+    budgets: &BTreeMap<String, Budget>,
+) -> Result<Option<StepError>, StepError> {
+    if settings.on_timeout == DrainTimeoutPolicy::Delete {
+        return Ok(None);
+    }
+    let mut asked = BTreeSet::new();
+    for (uid, holding) in &progress.blocked {
+        let Some(target) = progress.targets.get(uid) else { continue };
+        for key in holding {
+            let Some(budget) = budgets.get(key).filter(|_| asked.insert(key.clone())) else { continue };
+            if let Some(why) = stranded_now(ctx, key, &budget.selector, budget.allowed).await? {
+                let pod = target.key();
+                return Ok(Some(StepError::Drain(format!(
+                    "cannot drain {node}: PDB {key} holds {pod}: {why}; {STRANDED_FIX}"
+                ))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The error when the drain runs out of time: every pod still there, and why (after the

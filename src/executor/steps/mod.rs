@@ -12,6 +12,7 @@ mod l2;
 mod node;
 mod ready;
 mod sessions;
+mod stranding;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
