@@ -100,6 +100,15 @@ fn on_the_real_control_plane_an_abort_stops_apply_and_puts_back_the_nodes_not_ye
     let out = apply_via(&plane.kubeconfig(), &plan, &[&args[..], &["--resume-aborted"]].concat())
         .output()
         .expect("apply runs");
-    assert!(out.status.success(), "{context}: the resume: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{context}: the resume: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("\"halted\"") || l.contains("failed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     plane.assert_upgraded_once(&studio);
 }
