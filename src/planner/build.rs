@@ -72,6 +72,14 @@ pub struct PlannedBatch {
     pub after: Vec<String>,
 }
 
+impl PlannedBatch {
+    /// Its waves, as the preview prints them: the k-th node of every lane, `lanes` nodes
+    /// taken out together.
+    pub fn waves(&self) -> std::slice::Chunks<'_, String> {
+        self.nodes.chunks(self.lanes.max(1))
+    }
+}
+
 /// The service-node concurrency limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuorumBudget {

@@ -215,7 +215,7 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
             batch.nodes.len(),
             batch.lanes
         );
-        for (w, wave) in batch.nodes.chunks(batch.lanes.max(1)).enumerate() {
+        for (w, wave) in batch.waves().enumerate() {
             let _ = writeln!(out, "  wave {}: {}", w + 1, wave.join(", "));
         }
         let Some(first) = batch.nodes.first().map(|n| chain_by_node[n.as_str()]) else { continue };

@@ -4,7 +4,7 @@
 //! no batch covers, plan nodes the cluster lacks, roles that contradict node labels).
 //! Pure: the cluster's contents come in as an [`Inventory`].
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -139,9 +139,10 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
         node.hopeless_budgets = hopeless.into_iter().collect();
         result.nodes.push(node);
     }
+    let index: HashMap<String, usize> = result.nodes.iter().enumerate().map(|(i, n)| (n.node.clone(), i)).collect();
     for (node, entry) in stranded_in_waves(planned, inventory, &result.nodes) {
-        if let Some(surveyed) = result.nodes.iter_mut().find(|n| n.node == node) {
-            surveyed.hopeless_budgets.push(entry);
+        if let Some(&i) = index.get(&node) {
+            result.nodes[i].hopeless_budgets.push(entry);
         }
     }
     result
@@ -154,33 +155,37 @@ pub fn survey(plan: &Plan, planned: &Planned, inventory: &Inventory) -> Survey {
 /// not stuck) count as disruptions it may allow once they are Ready.
 fn stranded_in_waves(planned: &Planned, inventory: &Inventory, nodes: &[NodeSurvey]) -> Vec<(String, String)> {
     let evicted: HashSet<&str> = nodes.iter().flat_map(|n| n.evict.iter().map(String::as_str)).collect();
-    let covered: Vec<Vec<&PodFacts>> = inventory
+    // Per budget, once: the pods it covers with their keys, and how many are starting.
+    let covered: Vec<(Vec<(String, &PodFacts)>, usize)> = inventory
         .budgets
         .iter()
         .map(|b| {
             let covers = |p: &&PodFacts| p.namespace == b.namespace && selector_matches(&b.selector, &p.labels);
-            inventory.pods.iter().filter(|p| !p.terminal).filter(covers).collect()
+            let pods: Vec<(String, &PodFacts)> = inventory
+                .pods
+                .iter()
+                .filter(|p| !p.terminal)
+                .filter(covers)
+                .map(|p| (format!("{}/{}", p.namespace, p.name), p))
+                .collect();
+            let starting = pods.iter().filter(|(_, p)| !p.ready && p.stuck.is_none()).count();
+            (pods, starting)
         })
         .collect();
     let no_taints = Vec::new();
     let mut found = Vec::new();
     for batch in &planned.batches {
-        for (w, wave) in batch.nodes.chunks(batch.lanes.max(1)).enumerate() {
+        for (w, wave) in batch.waves().enumerate() {
             let out: BTreeSet<&str> = wave.iter().map(String::as_str).collect();
-            for (budget, pods) in inventory.budgets.iter().zip(&covered) {
+            for (budget, (pods, starting)) in inventory.budgets.iter().zip(&covered) {
                 let mut held: BTreeMap<&str, usize> = BTreeMap::new();
                 let mut placements = Vec::new();
-                let mut starting = 0;
-                for pod in pods {
-                    let key = format!("{}/{}", pod.namespace, pod.name);
+                for (key, pod) in pods {
                     if out.contains(pod.node.as_str()) && evicted.contains(key.as_str()) {
                         *held.entry(pod.node.as_str()).or_default() += 1;
                         if !placements.contains(&pod.placement) {
                             placements.push(pod.placement.clone());
                         }
-                    }
-                    if !pod.ready && pod.stuck.is_none() {
-                        starting += 1;
                     }
                 }
                 if held.is_empty() {
