@@ -109,6 +109,8 @@ fn on_the_real_control_plane_an_abort_stops_apply_and_puts_back_the_nodes_not_ye
             .filter(|l| l.contains("\"halted\"") || l.contains("failed"))
             .collect::<Vec<_>>()
             .join("\n")
+            + "\npods:\n"
+            + &plane.pods_report()
     );
     plane.assert_upgraded_once(&studio);
 }

@@ -170,6 +170,13 @@ impl ControlPlane {
         eventually_within(Duration::from_secs(60), "every node is Ready and schedulable", || {
             self.ready_nodes() == count
         });
+        // kwok renews each node's Lease, as a kubelet does: without one, 50 s on the node
+        // lifecycle controller marks every pod NotReady for good, and a budget then holds
+        // every drain of a test that runs longer than that.
+        eventually_within(Duration::from_secs(30), "kwok holds every node's Lease", || {
+            let leases = self.kubectl_ok(&["get", "leases", "--namespace", "kube-node-lease", "-o", "name"]);
+            studio.node_names().iter().all(|n| leases.lines().any(|l| l == format!("lease.coordination.k8s.io/{n}")))
+        });
     }
 
     /// Nodes whose Ready condition is True and that carry no `node.kubernetes.io/` taint.
@@ -189,6 +196,36 @@ impl ControlPlane {
     pub fn running_pods(&self) -> usize {
         let out = self.kubectl_ok(&["get", "pods", "-A", "--field-selector", "status.phase=Running", "-o", "name"]);
         out.lines().count()
+    }
+
+    /// Every pod, one line each: its node, phase, Ready condition (with its reason) and
+    /// whether it is being deleted. A failed drain's assertion prints it, to say which pod
+    /// held a budget and why.
+    pub fn pods_report(&self) -> String {
+        let pods: Value =
+            serde_json::from_str(&self.kubectl_ok(&["get", "pods", "-A", "-o", "json"])).expect("pods JSON");
+        let mut lines = Vec::new();
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            let meta = &pod["metadata"];
+            let ready = pod["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
+            let ready = ready.map_or("-".to_owned(), |c| {
+                format!(
+                    "{}{}",
+                    c["status"].as_str().unwrap_or("?"),
+                    c["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+                )
+            });
+            lines.push(format!(
+                "{}/{} on {} {} Ready {}{}",
+                meta["namespace"].as_str().unwrap_or_default(),
+                meta["name"].as_str().unwrap_or_default(),
+                pod["spec"]["nodeName"].as_str().unwrap_or("(unscheduled)"),
+                pod["status"]["phase"].as_str().unwrap_or("?"),
+                ready,
+                if meta["deletionTimestamp"].is_null() { "" } else { " deleting" },
+            ));
+        }
+        lines.join("\n")
     }
 
     /// Every node schedulable, on the new kubelet, and booted exactly once more than the
