@@ -68,6 +68,7 @@ impl Runner<'_> {
                 .collect(),
             journal,
             finished: Mutex::new(finished),
+            shield: super::steps::Shield::default(),
         }
     }
 
@@ -178,6 +179,7 @@ impl Runner<'_> {
             if let Some(by) = &aborting
                 && running.is_empty()
             {
+                ctx.shield.settled().await;
                 append(&journal, &Record::Interrupted { at: journal::now() }).await?;
                 observer.event(&Event::StoppedForAbort { by: by.clone(), running: cut_off.clone() });
                 return Ok(Outcome::StoppedForAbort { by: by.clone() });
@@ -293,6 +295,7 @@ impl Runner<'_> {
                 () = &mut interrupt => {
                     let running_steps = dispatch.running();
                     running.shutdown().await;
+                    ctx.shield.settled().await;
                     append(&journal, &Record::Interrupted { at: journal::now() }).await?;
                     observer.event(&Event::Interrupted { running: running_steps });
                     return Ok(Outcome::Interrupted);

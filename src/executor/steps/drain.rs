@@ -322,8 +322,12 @@ pub(super) async fn drain(ctx: &Context, step: &Step, settings: &DrainPlan) -> R
                 let Some(uid) = progress.queue.pop_front() else { break };
                 let Some(target) = progress.targets.get(&uid).cloned() else { continue };
                 let grace = settings.grace_period;
-                let client = ctx.client.clone();
-                in_flight.push(async move { (uid, evict(client, target, grace).await) });
+                let eviction = evict(ctx.client.clone(), target, grace);
+                let shield = ctx.shield.clone();
+                in_flight.push(async move {
+                    let answer = shield.run(eviction).await;
+                    (uid, answer.unwrap_or_else(|| Evicted::Transient("the eviction task ended abnormally".into())))
+                });
             }
             if progress.targets.is_empty() {
                 let left = initial.take().map(|(_, l)| l).unwrap_or_default();

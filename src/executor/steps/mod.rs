@@ -12,6 +12,7 @@ mod l2;
 mod node;
 mod ready;
 mod sessions;
+mod shield;
 mod stranding;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ pub use hook::HookSettings;
 pub(crate) use node::cordoned_before;
 
 use self::node::Phase;
+pub use self::shield::Shield;
 use super::event::{Event, Observer};
 use crate::plan::Plan;
 use crate::plan::model::AlreadyCordonedPolicy;
@@ -108,6 +110,8 @@ pub struct Context {
     /// What finished steps reported, by step id (the upgrade's boot ID before, a label's
     /// old value), for the steps that undo or check them.
     pub finished: Mutex<BTreeMap<String, Value>>,
+    /// The API requests a step that is cut off must still see to their end.
+    pub shield: Shield,
 }
 
 impl std::fmt::Debug for Context {
@@ -117,20 +121,19 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Writes a record to the journal. The write runs as a task of its own, so a step cut
-    /// off for an abort never leaves one half-made: a ConfigMap write whose request went
-    /// out but whose answer was never read would make the run's next write see a line it
-    /// does not know, and stop as if a second rollout wrote it.
+    /// Writes a record to the journal, through the shield, so a step cut off for an abort
+    /// never leaves one half-made: a ConfigMap write whose request went out but whose
+    /// answer was never read would make the run's next write see a line it does not know,
+    /// and stop as if a second rollout wrote it.
     pub async fn journal(&self, record: &super::journal::Record) -> Result<(), StepError> {
         let journal = self.journal.clone();
         let record = record.clone();
-        let write = tokio::spawn(async move { journal.lock().await.append(&record).await });
-        match write.await {
-            Ok(written) => Ok(written?),
-            Err(e) => Err(StepError::Journal(super::journal::JournalError::Io {
+        match self.shield.run(async move { journal.lock().await.append(&record).await }).await {
+            Some(written) => Ok(written?),
+            None => Err(StepError::Journal(super::journal::JournalError::Io {
                 action: "write",
                 path: format!("{:?}", self.journal).into(),
-                source: std::io::Error::other(format!("the write ended abnormally: {e}")),
+                source: std::io::Error::other("the write ended abnormally"),
             })),
         }
     }
