@@ -175,7 +175,8 @@ impl ControlPlane {
         // every drain of a test that runs longer than that.
         eventually_within(Duration::from_secs(30), "kwok holds every node's Lease", || {
             let leases = self.kubectl_ok(&["get", "leases", "--namespace", "kube-node-lease", "-o", "name"]);
-            studio.node_names().iter().all(|n| leases.lines().any(|l| l == format!("lease.coordination.k8s.io/{n}")))
+            let held: Vec<&str> = leases.lines().filter_map(|l| l.strip_prefix("lease.coordination.k8s.io/")).collect();
+            studio.node_names().iter().all(|n| held.contains(&n.as_str()))
         });
     }
 
@@ -199,33 +200,14 @@ impl ControlPlane {
     }
 
     /// Every pod, one line each: its node, phase, Ready condition (with its reason) and
-    /// whether it is being deleted. A failed drain's assertion prints it, to say which pod
-    /// held a budget and why.
+    /// deletion time. A failed drain's assertion prints it, to say which pod held a budget
+    /// and why.
     pub fn pods_report(&self) -> String {
-        let pods: Value =
-            serde_json::from_str(&self.kubectl_ok(&["get", "pods", "-A", "-o", "json"])).expect("pods JSON");
-        let mut lines = Vec::new();
-        for pod in pods["items"].as_array().into_iter().flatten() {
-            let meta = &pod["metadata"];
-            let ready = pod["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready");
-            let ready = ready.map_or("-".to_owned(), |c| {
-                format!(
-                    "{}{}",
-                    c["status"].as_str().unwrap_or("?"),
-                    c["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
-                )
-            });
-            lines.push(format!(
-                "{}/{} on {} {} Ready {}{}",
-                meta["namespace"].as_str().unwrap_or_default(),
-                meta["name"].as_str().unwrap_or_default(),
-                pod["spec"]["nodeName"].as_str().unwrap_or("(unscheduled)"),
-                pod["status"]["phase"].as_str().unwrap_or("?"),
-                ready,
-                if meta["deletionTimestamp"].is_null() { "" } else { " deleting" },
-            ));
-        }
-        lines.join("\n")
+        let ready = r#".status.conditions[?(@.type=="Ready")]"#;
+        let columns = format!(
+            "custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,NODE:.spec.nodeName,PHASE:.status.phase,READY:{ready}.status,REASON:{ready}.reason,DELETING:.metadata.deletionTimestamp"
+        );
+        self.kubectl_ok(&["get", "pods", "-A", "-o", &columns])
     }
 
     /// Every node schedulable, on the new kubelet, and booted exactly once more than the
