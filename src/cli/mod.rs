@@ -391,6 +391,9 @@ impl Windows {
     /// The schedule, for a plan with a window.
     fn schedule(&self, plan: &plan::Plan, planned: &planner::Planned) -> Result<Option<planner::schedule::Schedule>> {
         let Some(window) = &plan.window else { return Ok(None) };
+        if planned.is_symbolic() {
+            return Ok(None);
+        }
         let makespan = match &self.rehearsal {
             None => {
                 planner::schedule::Makespan::Estimate(planner::estimate::critical_path(plan, &planned.graph).duration)
@@ -433,8 +436,11 @@ fn preview(
         eprint!("{}", render_diagnostics(&checked.diagnostics, color));
     }
     let inventory = if cluster.given() { Some(cluster.read(Scope::Everything)?) } else { None };
-    let planned = planner::build_with(&plan, inventory.as_ref())
-        .map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
+    let planned = match &inventory {
+        Some(inventory) => planner::build_with(&plan, Some(inventory)),
+        None => planner::build_symbolic(&plan),
+    }
+    .map_err(|source| Error::Planner { path: path.display().to_string(), source })?;
     let survey = inventory.as_ref().map(|i| planner::survey::survey(&plan, &planned, i));
     let etcd = if read_etcd { live_etcd(&plan, &planned) } else { None };
     let schedule = windows.schedule(&plan, &planned)?;

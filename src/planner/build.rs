@@ -70,6 +70,41 @@ pub struct PlannedBatch {
     pub max_failures: usize,
     /// Names of the batches it waits for.
     pub after: Vec<String>,
+    /// For a selector batch planned without a cluster ([`build_symbolic`]): the selector and
+    /// its limits as written, since its nodes are unknown. Its `nodes` then hold one stand-in
+    /// ([`stand_in`]) so its step chain can be shown.
+    pub symbolic: Option<SymbolicMembers>,
+}
+
+/// A selector batch whose nodes are not known yet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymbolicMembers {
+    /// The selector, as written.
+    pub selector: String,
+    /// `maxUnavailable` as written (`2`, `25%`).
+    pub max_unavailable: String,
+    /// `maxFailures` as written.
+    pub max_failures: String,
+}
+
+/// The stand-in node of a symbolic batch: `<BATCH>`, which no Kubernetes node can be
+/// named, so it is never mistaken for one.
+pub fn stand_in(batch: &str) -> String {
+    format!("<{batch}>")
+}
+
+impl Planned {
+    /// Whether some batch is symbolic, so the node count, the estimate and the windows are
+    /// lower bounds, and the graph must not be run.
+    pub fn is_symbolic(&self) -> bool {
+        self.batches.iter().any(|b| b.symbolic.is_some())
+    }
+
+    /// The symbolic members of the batch `name`, when it is symbolic.
+    pub fn symbolic_batch(&self, name: &str) -> Option<&SymbolicMembers> {
+        self.batches.iter().find(|b| b.name == name).and_then(|b| b.symbolic.as_ref())
+    }
 }
 
 impl PlannedBatch {
@@ -176,9 +211,28 @@ pub struct BudgetFacts {
     pub holds_unhealthy: Option<String>,
 }
 
+/// Where selector batches get their nodes from.
+#[derive(Debug, Clone, Copy)]
+enum Resolve<'a> {
+    /// From this inventory.
+    Cluster(&'a Inventory),
+    /// Nowhere: a selector batch is an error.
+    Refuse,
+    /// Nowhere: a selector workstation batch is planned as one stand-in node.
+    Symbolic,
+}
+
 /// Builds the step graph of a plan whose batches all list their nodes.
 pub fn build(plan: &Plan) -> Result<Planned, PlannerError> {
     build_with(plan, None)
+}
+
+/// Builds the step graph for review without a cluster: a selector workstation batch
+/// becomes a symbolic set with one stand-in node ([`PlannedBatch::symbolic`]). A selector
+/// service batch is still an error, since its nodes decide the quorum budget and the DNS
+/// changes. For `preview` only: such a graph names no real node of the batch.
+pub fn build_symbolic(plan: &Plan) -> Result<Planned, PlannerError> {
+    build_resolved(plan, Resolve::Symbolic)
 }
 
 /// Builds the step graph for the cluster `inventory` lists, which must hold every node the
@@ -195,7 +249,11 @@ pub fn build_for_cluster(plan: &Plan, inventory: &Inventory) -> Result<Planned, 
 
 /// Builds the step graph, resolving selector batches against `inventory` when given.
 pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned, PlannerError> {
-    let batches = resolve_batches(plan, inventory)?;
+    build_resolved(plan, inventory.map_or(Resolve::Refuse, Resolve::Cluster))
+}
+
+fn build_resolved(plan: &Plan, resolve: Resolve<'_>) -> Result<Planned, PlannerError> {
+    let batches = resolve_batches(plan, resolve)?;
     let order = batch_order(plan);
     let service_nodes: Vec<(usize, &String)> = order
         .iter()
@@ -302,7 +360,7 @@ pub fn build_with(plan: &Plan, inventory: Option<&Inventory>) -> Result<Planned,
 
 /// Every batch's nodes. A selector takes the inventory's matching nodes in name order,
 /// except nodes another batch lists by name or selects first: a node is upgraded once.
-fn resolve_batches(plan: &Plan, inventory: Option<&Inventory>) -> Result<Vec<PlannedBatch>, PlannerError> {
+fn resolve_batches(plan: &Plan, resolve: Resolve<'_>) -> Result<Vec<PlannedBatch>, PlannerError> {
     let mut claimed: HashMap<String, String> = HashMap::new();
     for b in &plan.batches {
         if let Members::Nodes(nodes) = &b.members {
@@ -312,15 +370,30 @@ fn resolve_batches(plan: &Plan, inventory: Option<&Inventory>) -> Result<Vec<Pla
     plan.batches
         .iter()
         .map(|b: &BatchPlan| {
-            let nodes = match (&b.members, inventory) {
+            let mut symbolic = None;
+            let nodes = match (&b.members, resolve) {
                 (Members::Nodes(nodes), _) => nodes.clone(),
-                (Members::Selector(selector), None) => {
+                (Members::Selector(selector), Resolve::Symbolic) if b.role == Role::Workstation => {
+                    symbolic = Some(SymbolicMembers {
+                        selector: selector.to_string(),
+                        max_unavailable: b.max_unavailable.written(),
+                        max_failures: b.max_failures.written(),
+                    });
+                    vec![stand_in(&b.name)]
+                }
+                (Members::Selector(selector), Resolve::Symbolic) => {
+                    return Err(PlannerError::UnresolvedServiceSelector {
+                        batch: b.name.clone(),
+                        selector: selector.to_string(),
+                    });
+                }
+                (Members::Selector(selector), Resolve::Refuse) => {
                     return Err(PlannerError::UnresolvedSelector {
                         batch: b.name.clone(),
                         selector: selector.to_string(),
                     });
                 }
-                (Members::Selector(selector), Some(inventory)) => {
+                (Members::Selector(selector), Resolve::Cluster(inventory)) => {
                     let mut nodes = Vec::new();
                     for (name, labels) in &inventory.nodes {
                         if !selector.matches(labels) {
@@ -339,13 +412,18 @@ fn resolve_batches(plan: &Plan, inventory: Option<&Inventory>) -> Result<Vec<Pla
                     nodes
                 }
             };
+            let (lanes, max_failures) = match symbolic {
+                Some(_) => (1, 0),
+                None => (b.max_unavailable.lanes(nodes.len()), b.max_failures.of(nodes.len())),
+            };
             Ok(PlannedBatch {
                 name: b.name.clone(),
                 role: b.role,
-                lanes: b.max_unavailable.lanes(nodes.len()),
-                max_failures: b.max_failures.of(nodes.len()),
+                lanes,
+                max_failures,
                 nodes,
                 after: b.after.iter().map(|&a| plan.batches[a].name.clone()).collect(),
+                symbolic,
             })
         })
         .collect()

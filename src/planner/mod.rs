@@ -11,7 +11,9 @@ pub mod render;
 pub mod schedule;
 pub mod survey;
 
-pub use build::{BudgetFacts, CiliumPolicy, Inventory, Planned, PodFacts, build, build_for_cluster, build_with};
+pub use build::{
+    BudgetFacts, CiliumPolicy, Inventory, Planned, PodFacts, build, build_for_cluster, build_symbolic, build_with,
+};
 pub use graph::{Action, RecordChange, Step, StepGraph, StepRef, node_step_id};
 
 /// Why a plan cannot be turned into a graph.
@@ -22,6 +24,18 @@ pub enum PlannerError {
         "batch `{batch}` selects its nodes with `{selector}`, which needs the cluster's node list; give it with --snapshot FILE or --kubeconfig PATH, or list the batch's nodes by name"
     )]
     UnresolvedSelector {
+        /// The batch.
+        batch: String,
+        /// Its selector.
+        selector: String,
+    },
+    /// A service batch selects its nodes by label and the plan is previewed without a
+    /// cluster: its nodes decide the quorum budget and the DNS changes, so they cannot be
+    /// shown symbolically.
+    #[error(
+        "service batch `{batch}` selects its nodes with `{selector}`, and a service batch's nodes decide the quorum budget and the DNS changes, so they cannot be previewed without the cluster's node list; give it with --snapshot FILE or --kubeconfig PATH, or list the batch's nodes by name"
+    )]
+    UnresolvedServiceSelector {
         /// The batch.
         batch: String,
         /// Its selector.
@@ -134,6 +148,49 @@ mod tests {
     fn selector_batches_need_an_inventory() {
         let plan = load(&example("cilium-bgp.yaml"));
         assert!(matches!(build(&plan), Err(PlannerError::UnresolvedSelector { .. })));
+    }
+
+    #[test]
+    fn without_a_cluster_a_selector_workstation_batch_is_one_symbolic_stand_in() {
+        let text = example("servicelb-round-robin.yaml");
+        let start = text.find("    - name: workstations").expect("a workstation batch");
+        let text = format!(
+            "{}    - name: farm\n      role: workstation\n      selector: rack in (r1,r2)\n      maxUnavailable: 10%\n      maxFailures: 1\n  window: {{cron: \"0 22 * * 5\", duration: 8h, timezone: UTC}}\n",
+            &text[..start]
+        );
+        let plan = load(&text);
+        assert!(matches!(build(&plan), Err(PlannerError::UnresolvedSelector { .. })), "apply's build still refuses");
+        let planned = build_symbolic(&plan).expect("plans");
+        assert!(planned.is_symbolic());
+        let farm = planned.batches.iter().find(|b| b.name == "farm").expect("farm");
+        assert_eq!(farm.nodes, [build::stand_in("farm")]);
+        assert_eq!(
+            farm.symbolic,
+            Some(build::SymbolicMembers {
+                selector: "rack in (r1,r2)".into(),
+                max_unavailable: "10%".into(),
+                max_failures: "1".into()
+            })
+        );
+        assert_eq!(invariants::violations(&plan, &planned.graph), Vec::<String>::new());
+        let text = render::text(&plan, &planned);
+        for expected in [
+            "batch farm (workstation, nodes matching `rack in (r1,r2)`, 10% at a time, after",
+            "up to 1 may fail and be left cordoned",
+            "windows needed: not counted",
+            "estimated duration: at least ",
+            "[cp1/dns-withdraw] update delete",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        assert!(!text.contains("wave 1: <farm>"), "a symbolic batch has no waves:\n{text}");
+    }
+
+    #[test]
+    fn without_a_cluster_a_selector_service_batch_is_refused() {
+        let text = example("cilium-bgp.yaml").replace("nodes: [cp1, cp2, cp3]", "selector: etcd=true");
+        let plan = load(&text);
+        assert!(matches!(build_symbolic(&plan), Err(PlannerError::UnresolvedServiceSelector { .. })));
     }
 
     /// A random valid plan: 3–7 service nodes, 1–4 workstation batches of 1–12 nodes with

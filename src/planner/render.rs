@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::build::Planned;
+use super::build::{Planned, SymbolicMembers};
 use super::estimate::{CriticalPath, critical_path};
 use super::graph::{Action, RecordChange};
 use super::schedule::Schedule;
@@ -17,8 +17,10 @@ use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
 use crate::plan::resolved::DnsProviderPlan;
 
 /// The JSON contract: `{"plan", "batches": [{"name", "role", "nodes", "maxUnavailable",
-/// "maxFailures"}], "steps": [{"id", "node", "batch", "action", "after"}], "survey"?,
-/// "windows"?}`.
+/// "maxFailures", "symbolic"?}], "steps": [{"id", "node", "batch", "action", "after",
+/// "symbolic"?}], "survey"?, "windows"?}`. A symbolic batch (planned without a cluster) has
+/// null counts and a `symbolic` object with its selector and limits as written; its steps
+/// belong to its stand-in node and say `"symbolic": true`.
 #[derive(Debug, Serialize)]
 pub struct JsonPreview<'a> {
     /// The plan's name.
@@ -43,12 +45,15 @@ pub struct JsonBatch<'a> {
     pub name: &'a str,
     /// `service` or `workstation`.
     pub role: &'static str,
-    /// How many nodes it has.
-    pub nodes: usize,
-    /// Nodes out of service at once.
-    pub max_unavailable: usize,
-    /// Nodes that may fail before the rollout halts.
-    pub max_failures: usize,
+    /// How many nodes it has; null when symbolic.
+    pub nodes: Option<usize>,
+    /// Nodes out of service at once; null when symbolic.
+    pub max_unavailable: Option<usize>,
+    /// Nodes that may fail before the rollout halts; null when symbolic.
+    pub max_failures: Option<usize>,
+    /// The selector and limits as written, for a batch whose nodes are not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symbolic: Option<&'a SymbolicMembers>,
 }
 
 /// One step in the JSON contract.
@@ -67,6 +72,9 @@ pub struct JsonStep<'a> {
     /// For dns-repoint: where the record points meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<&'a str>,
+    /// A step of a symbolic batch's stand-in node: every node it selects will run it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub symbolic: bool,
 }
 
 /// The JSON preview, with the survey and the windows when there are any.
@@ -86,17 +94,22 @@ pub fn json(
             action: s.action,
             after: g.predecessors(i).into_iter().map(|p| g.step(p).id.as_str()).collect(),
             target: s.target.as_deref(),
+            symbolic: s.node.is_some() && s.batch.as_deref().and_then(|b| planned.symbolic_batch(b)).is_some(),
         })
         .collect();
     let batches = planned
         .batches
         .iter()
-        .map(|b| JsonBatch {
-            name: &b.name,
-            role: role_name(b.role),
-            nodes: b.nodes.len(),
-            max_unavailable: b.lanes,
-            max_failures: b.max_failures,
+        .map(|b| {
+            let known = b.symbolic.is_none();
+            JsonBatch {
+                name: &b.name,
+                role: role_name(b.role),
+                nodes: known.then_some(b.nodes.len()),
+                max_unavailable: known.then_some(b.lanes),
+                max_failures: known.then_some(b.max_failures),
+                symbolic: b.symbolic.as_ref(),
+            }
         })
         .collect();
     serde_json::to_string_pretty(&JsonPreview { plan: &plan.name, batches, steps, survey, windows })
@@ -109,14 +122,10 @@ pub fn dot(plan: &Plan, planned: &Planned) -> String {
     let _ = writeln!(out, "digraph {:?} {{", plan.name);
     out.push_str("  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\", fontsize=10];\n");
     for (b, batch) in planned.batches.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  subgraph cluster_{b} {{\n    label={:?};",
-            format!("{} ({})", batch.name, role_name(batch.role))
-        );
+        let _ = writeln!(out, "  subgraph cluster_{b} {{\n    label={:?};", batch_label(batch));
         for (i, s) in g.steps().filter(|(_, s)| s.batch.as_deref() == Some(batch.name.as_str())) {
             let shape = if s.action.is_gate() { ", shape=diamond" } else { "" };
-            let _ = writeln!(out, "    s{} [label={:?}{shape}];", i.index(), label(s.node.as_deref(), s.action));
+            let _ = writeln!(out, "    s{} [label={:?}{shape}];", i.index(), label(planned, s));
         }
         out.push_str("  }\n");
     }
@@ -134,9 +143,9 @@ pub fn mermaid(planned: &Planned) -> String {
     let g = &planned.graph;
     let mut out = String::from("flowchart LR\n");
     for (b, batch) in planned.batches.iter().enumerate() {
-        let _ = writeln!(out, "  subgraph b{b}[\"{} ({})\"]", batch.name, role_name(batch.role));
+        let _ = writeln!(out, "  subgraph b{b}[\"{}\"]", batch_label(batch));
         for (i, s) in g.steps().filter(|(_, s)| s.batch.as_deref() == Some(batch.name.as_str())) {
-            let text = label(s.node.as_deref(), s.action).replace('\n', "<br/>");
+            let text = label(planned, s).replace('\n', "<br/>");
             if s.action.is_gate() {
                 let _ = writeln!(out, "    s{}{{\"{text}\"}}", i.index());
             } else {
@@ -160,10 +169,28 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn label(node: Option<&str>, action: Action) -> String {
-    match node {
-        Some(node) => format!("{node}\n{}", action.name()),
-        None => action.name().to_owned(),
+/// A batch's frame in a picture: its name and role, and a symbolic batch's selector.
+fn batch_label(batch: &super::build::PlannedBatch) -> String {
+    match &batch.symbolic {
+        Some(m) => format!(
+            "{} ({}: each node matching {}, {} at a time)",
+            batch.name,
+            role_name(batch.role),
+            m.selector,
+            m.max_unavailable
+        ),
+        None => format!("{} ({})", batch.name, role_name(batch.role)),
+    }
+}
+
+/// A step's box: its node (for a symbolic batch's stand-in, every node its frame names) and
+/// action.
+fn label(planned: &Planned, step: &super::graph::Step) -> String {
+    let symbolic = step.batch.as_deref().is_some_and(|b| planned.symbolic_batch(b).is_some());
+    match &step.node {
+        Some(_) if symbolic => format!("each node\n{}", step.action.name()),
+        Some(node) => format!("{node}\n{}", step.action.name()),
+        None => step.action.name().to_owned(),
     }
 }
 
@@ -171,13 +198,20 @@ fn label(node: Option<&str>, action: Action) -> String {
 /// path and an estimated duration.
 pub fn text(plan: &Plan, planned: &Planned) -> String {
     let mut out = String::new();
-    let nodes: usize = planned.batches.iter().map(|b| b.nodes.len()).sum();
+    let known = || planned.batches.iter().filter(|b| b.symbolic.is_none());
+    let nodes: usize = known().map(|b| b.nodes.len()).sum();
+    let selectors = planned.batches.len() - known().count();
+    let nodes = match selectors {
+        0 => format!("{nodes} node(s)"),
+        n => format!("{nodes} named node(s) and {n} selector batch(es) whose nodes need a cluster"),
+    };
     let _ = writeln!(
         out,
-        "plan {}: {} batch(es), {nodes} node(s), {} steps",
+        "plan {}: {} batch(es), {nodes}, {} steps{}",
         plan.name,
         planned.batches.len(),
-        planned.graph.len()
+        planned.graph.len(),
+        if selectors > 0 { " (one stand-in node per selector batch)" } else { "" }
     );
     if let Some(d) = &plan.description {
         let _ = writeln!(out, "  {d}");
@@ -197,26 +231,44 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
     );
     if let Some(w) = &plan.window {
         let _ = writeln!(out, "window: `{}` for {} ({})", w.cron_text, elapsed(w.duration), w.timezone_name);
+        if planned.is_symbolic() {
+            out.push_str(
+                "  windows needed: not counted, since the selector batches' sizes are unknown without a cluster\n",
+            );
+        }
     }
     let chain_by_node: HashMap<&str, &super::build::NodeChain> =
         planned.chains.iter().map(|c| (c.node.as_str(), c)).collect();
     for batch in &planned.batches {
         let after =
             if batch.after.is_empty() { "start".to_owned() } else { format!("after {}", batch.after.join(", ")) };
-        let failures = match batch.max_failures {
-            0 => String::new(),
-            n => format!(", up to {n} may fail and be left cordoned"),
+        let (members, at_a_time, failures) = match &batch.symbolic {
+            Some(m) => (
+                format!("nodes matching `{}`", m.selector),
+                m.max_unavailable.clone(),
+                Some(m.max_failures.clone()).filter(|f| f != "0"),
+            ),
+            None => (
+                format!("{} node(s)", batch.nodes.len()),
+                batch.lanes.to_string(),
+                Some(batch.max_failures.to_string()).filter(|f| f != "0"),
+            ),
         };
+        let failures = failures.map_or(String::new(), |n| format!(", up to {n} may fail and be left cordoned"));
         let _ = writeln!(
             out,
-            "\nbatch {} ({}, {} node(s), {} at a time, {after}{failures})",
+            "\nbatch {} ({}, {members}, {at_a_time} at a time, {after}{failures})",
             batch.name,
             role_name(batch.role),
-            batch.nodes.len(),
-            batch.lanes
         );
-        for (w, wave) in batch.waves().enumerate() {
-            let _ = writeln!(out, "  wave {}: {}", w + 1, wave.join(", "));
+        if batch.symbolic.is_some() {
+            out.push_str(
+                "  nodes: read from the cluster when the rollout starts (--snapshot FILE or --kubeconfig PATH lists them here, in waves)\n",
+            );
+        } else {
+            for (w, wave) in batch.waves().enumerate() {
+                let _ = writeln!(out, "  wave {}: {}", w + 1, wave.join(", "));
+            }
         }
         let Some(first) = batch.nodes.first().map(|n| chain_by_node[n.as_str()]) else { continue };
         let _ = writeln!(out, "  steps per node: {}", chain_text(planned, first));
@@ -251,9 +303,11 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
         nodes_on_path.len(),
         abbreviate(&nodes_on_path)
     );
+    let (bound, counted) =
+        if planned.is_symbolic() { ("at least ", "; a selector batch counted as one node") } else { ("", "") };
     let _ = writeln!(
         out,
-        "estimated duration: {} (typical step durations; `noderoll rehearse` measures real ones)",
+        "estimated duration: {bound}{} (typical step durations{counted}; `noderoll rehearse` measures real ones)",
         elapsed(path.duration)
     );
     out
