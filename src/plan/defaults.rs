@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::model::{
-    AlreadyCordonedPolicy, DrainTimeoutPolicy, HealthScope, SessionTimeoutPolicy, UncordonPolicy, WindowEndPolicy,
+    AlreadyCordonedPolicy, DrainTimeoutPolicy, HealthScope, SessionTimeoutPolicy, SoakScope, UncordonPolicy,
+    WindowEndPolicy,
 };
 use super::resolved::NodeShare;
 use crate::labels;
@@ -41,6 +42,9 @@ pub const UNCORDON: UncordonPolicy = UncordonPolicy::Auto;
 /// `defaults.alreadyCordoned`: the node still gets its upgrade (the rollout's purpose), and
 /// stays cordoned as whoever cordoned it wanted.
 pub const ALREADY_CORDONED: AlreadyCordonedPolicy = AlreadyCordonedPolicy::Upgrade;
+/// `defaults.soakPer`: each node proves itself before the next of its lane leaves, the
+/// smallest step at which a bad upgrade is caught.
+pub const SOAK_PER: SoakScope = SoakScope::Node;
 /// `quorum.timeout`.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// `loadBalancer.bgp.nodeLabel`.
@@ -104,6 +108,7 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
         ("spec.defaults", "verify.readyTimeout", written(READY_TIMEOUT)),
         ("spec.defaults", "uncordon", word(UNCORDON)),
         ("spec.defaults", "alreadyCordoned", word(ALREADY_CORDONED)),
+        ("spec.defaults", "soakPer", word(SOAK_PER)),
         ("spec.window", "timezone", TIMEZONE.into()),
         ("spec.window", "onWindowEnd", word(ON_WINDOW_END)),
         ("spec.health", "before", word(HEALTH_BEFORE)),

@@ -65,6 +65,20 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../../plans/servicelb-round-robin.yaml");
 
+    #[test]
+    fn a_soak_is_layered_from_defaults_and_a_batch_turns_it_off_with_zero() {
+        use super::model::SoakScope;
+        let text = "apiVersion: noderoll.io/v1alpha1\nkind: UpgradePlan\nmetadata: {name: soak}\nspec:\n  loadBalancer: {mode: external}\n  defaults: {upgrade: {command: [up, \"{node}\"]}, soak: 10m}\n  batches:\n    - {name: cp, role: service, nodes: [cp1, cp2, cp3]}\n    - {name: a, role: workstation, nodes: [ws1], soakPer: batch}\n    - {name: b, role: workstation, nodes: [ws2], soak: 0s}\n    - {name: c, role: workstation, nodes: [ws3], soak: 1h}\n";
+        let checked = super::check_str("soak.yaml", text);
+        let plan = checked.plan.unwrap_or_else(|| panic!("{:?}", checked.diagnostics));
+        let soaks: Vec<Option<(u64, SoakScope)>> =
+            plan.batches.iter().map(|b| b.settings.soak.map(|s| (s.duration.as_secs(), s.per))).collect();
+        assert_eq!(
+            soaks,
+            [Some((600, SoakScope::Node)), Some((600, SoakScope::Batch)), None, Some((3600, SoakScope::Node))]
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 

@@ -328,6 +328,27 @@ pub struct StepSettings {
     /// A node someone cordoned before the rollout reached it: `upgrade` it and leave it
     /// cordoned (default), or `skip` it. noderoll never uncordons a node it did not cordon.
     pub already_cordoned: Option<AlreadyCordonedPolicy>,
+    /// After a node is back in service, wait this long before the next node of its lane
+    /// starts (or, with `soakPer: batch`, after the batch's last node, before the batches
+    /// after it start), and fail the node (or the batch) if it stops being Ready or the
+    /// health gate's alerts or command fail meanwhile. `0s` turns a default soak off.
+    /// Default: no soak.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationString>")]
+    pub soak: Option<Spanned<String>>,
+    /// What a soak follows: `node` (default) or `batch`.
+    pub soak_per: Option<SoakScope>,
+}
+
+/// What a soak waits after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SoakScope {
+    /// Each node, before the next node of its lane starts (system-upgrade-controller's
+    /// `postCompleteDelay`, kOps' `--post-drain-delay`).
+    Node,
+    /// The whole batch, before the batches after it start (GKE's `batchSoakDuration`).
+    Batch,
 }
 
 /// What becomes of a node that was cordoned before noderoll reached it (an admin took it out
@@ -661,6 +682,12 @@ pub struct Batch {
     pub uncordon: Option<UncordonPolicy>,
     /// Overrides `defaults.alreadyCordoned` for this batch.
     pub already_cordoned: Option<AlreadyCordonedPolicy>,
+    /// Overrides `defaults.soak` for this batch (`0s`: no soak).
+    #[serde(default)]
+    #[schemars(with = "Option<DurationString>")]
+    pub soak: Option<Spanned<String>>,
+    /// Overrides `defaults.soakPer` for this batch.
+    pub soak_per: Option<SoakScope>,
 }
 
 /// The role of a batch's nodes.

@@ -324,6 +324,17 @@ pub struct Settings {
     pub uncordon: UncordonPolicy,
     /// What becomes of a node cordoned before the rollout reached it.
     pub already_cordoned: AlreadyCordonedPolicy,
+    /// The wait after a node (or the batch) is back, when there is one.
+    pub soak: Option<SoakPlan>,
+}
+
+/// A soak: how long, and after what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakPlan {
+    /// How long the node (or batch) must stay healthy.
+    pub duration: Duration,
+    /// After each node or after the whole batch.
+    pub per: crate::plan::model::SoakScope,
 }
 
 /// Drain settings.

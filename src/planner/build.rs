@@ -14,7 +14,7 @@ use petgraph::graph::NodeIndex;
 
 use super::PlannerError;
 use super::graph::{Action, RecordChange, Step, StepGraph, node_step_id};
-use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
+use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, SoakScope, UncordonPolicy};
 use crate::plan::resolved::{BatchPlan, Members, Plan, etcd_fault_tolerance};
 
 /// The steps of one node, in order, and where its chain starts and ends.
@@ -328,12 +328,22 @@ fn build_resolved(plan: &Plan, resolve: Resolve<'_>) -> Result<Planned, PlannerE
             chain_of.insert(node, chains.len());
             chains.push(NodeChain { node: node.clone(), batch: b, steps });
         }
+        // A batch soak waits for every node of the batch, so the batches after it start
+        // only once all of them have been healthy for the soak's time.
+        let soaks_batch = plan.batches[b].settings.soak.is_some_and(|s| s.per == SoakScope::Batch);
         let done = gate(&mut graph, Action::BatchDone);
+        let tail = if soaks_batch {
+            let soak = gate(&mut graph, Action::Soak);
+            graph.depend(soak, done);
+            soak
+        } else {
+            done
+        };
         for chain in &chains[first_chain..] {
-            graph.depend(chain.last(), done);
+            graph.depend(chain.last(), tail);
         }
         if batch.nodes.is_empty() {
-            graph.depend(head, done);
+            graph.depend(head, tail);
         }
         starts.push(start);
         dones.push(done);
@@ -512,6 +522,9 @@ fn chain_actions(plan: &Plan, batch: &BatchPlan, record_target: bool) -> Vec<Act
     }
     if dns_steps.is_some() {
         actions.push(Action::DnsRestore);
+    }
+    if batch.settings.soak.is_some_and(|s| s.per == SoakScope::Node) {
+        actions.push(Action::Soak);
     }
     actions
 }

@@ -25,6 +25,7 @@ pub fn typical(action: Action, settings: &Settings, dns_ttl: Option<u32>) -> Dur
         Action::Upgrade => settings.upgrade.timeout.min(Duration::from_secs(10 * 60)),
         Action::WaitReady => settings.verify.ready_timeout.min(Duration::from_secs(3 * 60)),
         Action::Verify => Duration::from_secs(10),
+        Action::Soak => settings.soak.map_or(Duration::ZERO, |s| s.duration),
         Action::Approve | Action::Window | Action::Quorum | Action::Health | Action::BatchStart | Action::BatchDone => {
             Duration::ZERO
         }

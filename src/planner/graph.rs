@@ -36,6 +36,9 @@ pub enum Action {
     Approve,
     /// Mark the node schedulable again.
     Uncordon,
+    /// Wait a while with the node (a node step) or the batch's nodes (a gate) back, failing
+    /// if one stops being Ready or the health gate's checks fail.
+    Soak,
     /// Gate: the maintenance window is open.
     Window,
     /// Gate: etcd keeps quorum if the batch's nodes go.
@@ -50,7 +53,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in chain order (gates last).
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::DnsWithdraw,
         Action::DnsRepoint,
         Action::DnsRestore,
@@ -65,6 +68,7 @@ impl Action {
         Action::Verify,
         Action::Approve,
         Action::Uncordon,
+        Action::Soak,
         Action::Window,
         Action::Quorum,
         Action::Health,
@@ -94,6 +98,7 @@ impl Action {
             Action::Verify => "verify",
             Action::Approve => "approve",
             Action::Uncordon => "uncordon",
+            Action::Soak => "soak",
             Action::Window => "window",
             Action::Quorum => "quorum",
             Action::Health => "health",

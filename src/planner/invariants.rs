@@ -14,7 +14,7 @@ use petgraph::visit::{Bfs, Walker};
 
 use super::graph::{Action, RecordChange, StepGraph};
 use crate::plan::Plan;
-use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, UncordonPolicy};
+use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, SoakScope, UncordonPolicy};
 use crate::plan::resolved::Members;
 
 /// Every violated invariant, described; empty when the graph is safe.
@@ -61,7 +61,7 @@ pub fn violations(plan: &Plan, graph: &StepGraph) -> Vec<String> {
                 out.push(format!("node `{node}` has no steps"));
                 continue;
             };
-            let expected = expected_actions(plan, batch.role, batch.settings.uncordon);
+            let expected = expected_actions(plan, batch);
             for action in &expected {
                 match steps.get(action).map_or(0, Vec::len) {
                     1 => {}
@@ -96,6 +96,9 @@ pub fn violations(plan: &Plan, graph: &StepGraph) -> Vec<String> {
                 batch.name
             ));
         }
+        if batch.settings.soak.is_some_and(|s| s.per == SoakScope::Batch) {
+            out.extend(batch_soak_violations(graph, &batch.name, &intervals));
+        }
         if batch.role == Role::Service {
             service.extend(intervals);
         }
@@ -108,6 +111,26 @@ pub fn violations(plan: &Plan, graph: &StepGraph) -> Vec<String> {
     }
     if let Some(dns) = &plan.load_balancer.dns {
         out.extend(dns_violations(graph, &by_node, &service, dns.strategy));
+    }
+    out
+}
+
+/// A batch soak must come after every node of the batch is back, and before the batch
+/// counts as done.
+fn batch_soak_violations(graph: &StepGraph, batch: &str, intervals: &[Interval]) -> Vec<String> {
+    let gate = |action: Action| {
+        let id = format!("batch/{batch}/{}", action.name());
+        graph.steps().find(|(_, s)| s.id == id).map(|(i, _)| i)
+    };
+    let (Some(soak), Some(done)) = (gate(Action::Soak), gate(Action::BatchDone)) else {
+        return vec![format!("batch `{batch}` soaks per batch but has no soak gate before its batch-done")];
+    };
+    let mut out = Vec::new();
+    if !reaches(graph, soak, done) {
+        out.push(format!("batch `{batch}`'s soak does not come before its batch-done"));
+    }
+    for i in intervals.iter().filter(|i| !reaches(graph, i.end, soak)) {
+        out.push(format!("batch `{batch}`'s soak can start before `{}` is back", i.node));
     }
     out
 }
@@ -175,7 +198,8 @@ fn dns_violations(
 }
 
 /// What a node's chain must contain, in order, judged from the plan alone.
-fn expected_actions(plan: &Plan, role: Role, uncordon: UncordonPolicy) -> Vec<Action> {
+fn expected_actions(plan: &Plan, batch: &crate::plan::resolved::BatchPlan) -> Vec<Action> {
+    let (role, uncordon) = (batch.role, batch.settings.uncordon);
     let mode = plan.load_balancer.mode;
     let round_robin = plan.load_balancer.dns.as_ref().is_some_and(|d| d.strategy == DnsStrategy::RoundRobin);
     let withdraws = role == Role::Service && mode == LoadBalancerMode::Servicelb && round_robin;
@@ -203,6 +227,9 @@ fn expected_actions(plan: &Plan, role: Role, uncordon: UncordonPolicy) -> Vec<Ac
     }
     if withdraws {
         a.push(Action::DnsRestore);
+    }
+    if batch.settings.soak.is_some_and(|s| s.per == SoakScope::Node) {
+        a.push(Action::Soak);
     }
     a
 }

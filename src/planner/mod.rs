@@ -144,6 +144,49 @@ mod tests {
         assert!(found.iter().any(|v| v.contains("the plan's strategy calls for Some(PointBack)")), "{found:?}");
     }
 
+    /// The example's workstations with a soak, and the step ids of its graph.
+    fn soaking(per: &str) -> (plan::Plan, Planned) {
+        let text = example("external-lb.yaml")
+            .replace("  batches:\n", &format!("    soak: 10m\n    soakPer: {per}\n  batches:\n"));
+        assert!(text.contains("soak: 10m"), "the example has a defaults section");
+        let plan = load(&text);
+        let planned = build(&plan).expect("plans");
+        (plan, planned)
+    }
+
+    fn edge(planned: &Planned, from: &str, to: &str) -> bool {
+        let g = &planned.graph.graph;
+        let find = |id: &str| g.node_indices().find(|&i| g[i].id == id).unwrap_or_else(|| panic!("step {id}"));
+        g.find_edge(find(from), find(to)).is_some()
+    }
+
+    #[test]
+    fn a_node_soak_ends_its_chain_and_holds_the_next_node_of_its_lane() {
+        let (plan, planned) = soaking("node");
+        assert_eq!(invariants::violations(&plan, &planned.graph), Vec::<String>::new());
+        let chain = planned.chains.iter().find(|c| c.node == "gpu-01").expect("gpu-01");
+        assert_eq!(planned.graph.step(chain.last()).action, Action::Soak);
+        assert!(edge(&planned, "gpu-01/soak", "gpu-02/cordon"), "the next node waits for the soak");
+        assert!(estimate::critical_path(&plan, &planned.graph).duration >= std::time::Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_batch_soak_is_a_gate_before_the_batch_is_done() {
+        let (plan, mut planned) = soaking("batch");
+        assert_eq!(invariants::violations(&plan, &planned.graph), Vec::<String>::new());
+        assert!(planned.chains.iter().all(|c| planned.graph.step(c.last()).action != Action::Soak));
+        assert!(edge(&planned, "batch/pool-gpu/soak", "batch/pool-gpu/batch-done"));
+        assert!(edge(&planned, "gpu-01/uncordon", "batch/pool-gpu/soak"));
+        let g = &mut planned.graph.graph;
+        let find =
+            |g: &petgraph::graph::DiGraph<Step, ()>, id: &str| g.node_indices().find(|&i| g[i].id == id).expect("step");
+        let (soak, done) = (find(g, "batch/pool-gpu/soak"), find(g, "batch/pool-gpu/batch-done"));
+        let cut = g.find_edge(soak, done).expect("edge");
+        g.remove_edge(cut);
+        let found = invariants::violations(&plan, &planned.graph);
+        assert!(found.iter().any(|v| v.contains("`pool-gpu`'s soak does not come before its batch-done")), "{found:?}");
+    }
+
     #[test]
     fn selector_batches_need_an_inventory() {
         let plan = load(&example("cilium-bgp.yaml"));
@@ -202,6 +245,7 @@ mod tests {
             any::<bool>(),
             any::<prop::sample::Index>(),
             any::<bool>(),
+            0usize..3,
         );
         (
             3usize..=7,
@@ -231,11 +275,16 @@ mod tests {
                 let budget = (members - 1) / 2;
                 let service_nodes: Vec<String> = (0..service).map(|i| format!("cp{i}")).collect();
                 let _ = writeln!(y, "    - {{name: cp, role: service, nodes: [{}], maxUnavailable: {}}}", service_nodes.join(", "), budget.max(1));
-                for (b, (size, max_unavailable, approve, after, explicit_after)) in batches.iter().enumerate() {
+                for (b, (size, max_unavailable, approve, after, explicit_after, soak)) in batches.iter().enumerate() {
                     let nodes: Vec<String> = (0..*size).map(|i| format!("ws{b}-{i}")).collect();
                     let _ = write!(y, "    - {{name: b{b}, role: workstation, nodes: [{}], maxUnavailable: {max_unavailable}", nodes.join(", "));
                     if *approve {
                         y.push_str(", uncordon: approve");
+                    }
+                    match soak {
+                        1 => y.push_str(", soak: 5m"),
+                        2 => y.push_str(", soak: 5m, soakPer: batch"),
+                        _ => {}
                     }
                     if *explicit_after {
                         let target = after.index(b + 1);

@@ -13,7 +13,7 @@ use super::schedule::Schedule;
 use super::survey::Survey;
 use crate::plan::Plan;
 use crate::plan::duration::elapsed;
-use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role};
+use crate::plan::model::{DnsStrategy, LoadBalancerMode, Role, SoakScope};
 use crate::plan::resolved::DnsProviderPlan;
 
 /// The JSON contract: `{"plan", "batches": [{"name", "role", "nodes", "maxUnavailable",
@@ -255,9 +255,16 @@ pub fn text(plan: &Plan, planned: &Planned) -> String {
             ),
         };
         let failures = failures.map_or(String::new(), |n| format!(", up to {n} may fail and be left cordoned"));
+        let soak = match plan.batches.iter().find(|b| b.name == batch.name).and_then(|b| b.settings.soak) {
+            Some(s) if s.per == SoakScope::Batch => {
+                format!(", soaks {} once all its nodes are back", elapsed(s.duration))
+            }
+            Some(s) => format!(", each node soaks {} once back", elapsed(s.duration)),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "\nbatch {} ({}, {members}, {at_a_time} at a time, {after}{failures})",
+            "\nbatch {} ({}, {members}, {at_a_time} at a time, {after}{failures}{soak})",
             batch.name,
             role_name(batch.role),
         );

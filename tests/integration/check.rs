@@ -57,6 +57,7 @@ const INVALID: &[(&str, u64, u64, &str)] = &[
         "invalid node selector `rack in (a`: found the end of the selector, expected `,` or `)`",
     ),
     ("servicelb-without-dns", 7, 11, "`servicelb` needs `loadBalancer.dns`"),
+    ("soak-invalid", 20, 13, "`a while` is not a valid soak"),
     ("tsig-inline-secret", 14, 66, "the TSIG secret is given inline"),
     ("tsig-without-secret-file", 14, 24, "the TSIG key has no `secretFile`"),
     ("unknown-field-typo", 18, 7, "unknown field `maxUnavailabel`"),

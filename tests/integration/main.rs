@@ -22,6 +22,7 @@ mod real_preview;
 mod real_rbac;
 mod real_resume;
 mod real_rollout;
+mod real_soak;
 mod rollout;
 mod schema;
 mod sim_conformance;

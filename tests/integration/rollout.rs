@@ -64,6 +64,37 @@ fn apply_runs_a_plan_to_the_end_and_status_says_so() {
     sim.assert_upgraded_once(9);
 }
 
+#[test]
+fn a_batch_soak_holds_the_next_batch_until_every_node_of_the_batch_has_soaked() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = plan(sim.dir.path(), "soaked", "    soak: 3s\n    soakPer: batch\n");
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let at = |event: &str, step: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == event && e["step"] == step)
+            .unwrap_or_else(|| panic!("{event} {step} in {events:#?}"))
+    };
+    let soak = at("step-started", "batch/control-plane/soak");
+    for node in ["cp1", "cp2", "cp3"] {
+        assert!(at("step-finished", &format!("{node}/uncordon")) < soak, "{node} is back before the soak");
+    }
+    assert!(at("step-finished", "batch/control-plane/soak") < at("step-started", "ws01/cordon"));
+    let soaking: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step-progress" && e["step"] == "batch/workstations/soak")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(soaking, ["soaking ws01, ws02, ws03, ws04, ws05, ws06 for 3s"], "every node that came back");
+    at("step-finished", "batch/workstations/soak");
+    assert!(
+        events.iter().all(|e| !e["step"].as_str().is_some_and(|s| s.ends_with("/soak") && !s.starts_with("batch/"))),
+        "no node soaks on its own"
+    );
+    sim.assert_upgraded_once(9);
+}
+
 /// Reads `apply -o json` events until `stop` events of kind `kind` have been seen, then
 /// kills the process with SIGKILL.
 fn kill_after(mut child: Child, kind: &'static str, stop: usize) {

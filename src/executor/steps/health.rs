@@ -69,6 +69,15 @@ async fn problems(
             problems.push(format!("not Ready: {}", not_ready.join(", ")));
         }
     }
+    problems.extend(alarms(ctx, step, node).await);
+    Ok(problems)
+}
+
+/// What the plan's Prometheus alerts and command report now (empty when both pass, or the
+/// plan has neither): the checks a soak repeats while it waits.
+pub(super) async fn alarms(ctx: &Context, step: &Step, node: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(health) = &ctx.plan.health else { return problems };
     // A rehearsal reaches nothing outside its simulated cluster: its gates keep the
     // readiness check and leave out Prometheus and the command.
     let outside = ctx.rehearsal.is_none();
@@ -86,7 +95,7 @@ async fn problems(
             problems.push(e.to_string());
         }
     }
-    Ok(problems)
+    problems
 }
 
 /// The nodes of the batches this step's batch runs after that are not Ready.

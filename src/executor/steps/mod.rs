@@ -13,6 +13,7 @@ mod node;
 mod ready;
 mod sessions;
 mod shield;
+mod soak;
 mod stranding;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +64,9 @@ pub enum StepError {
     /// A hook failed.
     #[error("{0}")]
     Hook(String),
+    /// A node stopped being healthy while it soaked.
+    #[error("{0}")]
+    Soak(String),
     /// The node is not what the plan expects after its upgrade.
     #[error("{0}")]
     Verify(String),
@@ -182,6 +186,16 @@ impl Context {
         self.finished.lock().unwrap_or_else(|e| e.into_inner()).get(step_id).cloned().unwrap_or(Value::Null)
     }
 
+    /// Whether the step finished, in this run or before it.
+    fn has_finished(&self, step_id: &str) -> bool {
+        self.finished.lock().unwrap_or_else(|e| e.into_inner()).contains_key(step_id)
+    }
+
+    /// Whether the node was left alone, as its first step journaled.
+    fn was_skipped(&self, node: &str) -> bool {
+        self.chain_starts.get(node).is_some_and(|first| self.finished_detail(first).get(node::SKIPPED).is_some())
+    }
+
     /// Whether the node was cordoned before the rollout, as its finished cordon journaled.
     pub fn cordoned_before(&self, node: &str) -> bool {
         node::cordoned_before(&self.finished_detail(&crate::planner::node_step_id(node, Action::Cordon)))
@@ -203,11 +217,11 @@ impl Context {
         if !self.skips_cordoned_nodes(step) {
             return false;
         }
-        let Some(first) = step.node.as_ref().and_then(|n| self.chain_starts.get(n)) else { return false };
-        if *first == step.id {
+        let Some(node) = step.node.as_deref() else { return false };
+        if self.starts_chain(step) {
             return node::cordoned_before(detail);
         }
-        self.finished_detail(first).get(node::SKIPPED).is_some()
+        self.was_skipped(node)
     }
 
     fn batch(&self, step: &Step) -> Option<&BatchPlan> {
@@ -240,6 +254,9 @@ pub(super) fn is_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
 /// in a batch that skips cordoned nodes, its first step) also records whether the node was
 /// cordoned already: after noderoll's own cordon, the node can no longer tell.
 pub async fn prepare(ctx: &Context, step: &Step) -> Result<Value, StepError> {
+    if step.action == Action::Soak {
+        return Ok(soak::began(ctx));
+    }
     let Some(node) = step.node.as_deref() else { return Ok(Value::Null) };
     let detail = match step.action {
         Action::Upgrade => ready::before_upgrade(ctx, node).await?,
@@ -300,9 +317,14 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         }
         (Action::Verify, Some(batch)) => ready::verify(ctx, step, batch).await,
         (Action::Approve, _) => approve(ctx, step).await,
-        (Action::WaitSessions | Action::Drain | Action::Upgrade | Action::WaitReady | Action::Verify, None) => {
-            Err(StepError::Verify(format!("step {} names no batch of the plan", step.id)))
-        }
+        (Action::Soak, Some(batch)) => match batch.settings.soak {
+            Some(plan) => soak::soak(ctx, step, plan, detail).await,
+            None => Ok(Value::Null),
+        },
+        (
+            Action::WaitSessions | Action::Drain | Action::Upgrade | Action::WaitReady | Action::Verify | Action::Soak,
+            None,
+        ) => Err(StepError::Verify(format!("step {} names no batch of the plan", step.id))),
     }
 }
 

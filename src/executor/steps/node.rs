@@ -68,6 +68,7 @@ impl Phase {
             Action::Verify | Action::Approve => Some(Phase::Verifying),
             Action::Cordon
             | Action::Uncordon
+            | Action::Soak
             | Action::BgpRestore
             | Action::DnsRestore
             | Action::BatchStart

@@ -195,6 +195,7 @@ impl Checker<'_> {
         let layer = self.layer(defaults, b.into());
         let upgrade = self.upgrade(b, &layer);
         let max_failures = self.max_failures(b);
+        let soak = layer.soak();
         if let (Some(Members::Nodes(nodes)), Some(NodeShare::Count(n))) = (&members, max_unavailable)
             && !nodes.is_empty()
             && n as usize > nodes.len()
@@ -221,6 +222,7 @@ impl Checker<'_> {
                 verify: layer.verify,
                 uncordon: layer.uncordon,
                 already_cordoned: layer.already_cordoned,
+                soak,
             },
         })
     }

@@ -7,8 +7,10 @@ use serde_saphyr::Spanned;
 
 use super::{Checker, HOOK_PLACEHOLDERS};
 use crate::plan::defaults;
-use crate::plan::model::{self, AlreadyCordonedPolicy, Batch, DrainTimeoutPolicy, StepSettings, UncordonPolicy};
-use crate::plan::resolved::{DrainPlan, SessionsPlan, VerifyPlan};
+use crate::plan::model::{
+    self, AlreadyCordonedPolicy, Batch, DrainTimeoutPolicy, SoakScope, StepSettings, UncordonPolicy,
+};
+use crate::plan::resolved::{DrainPlan, SessionsPlan, SoakPlan, VerifyPlan};
 use crate::plan::selector::is_dns_label;
 
 /// Step settings with everything but the upgrade command known: the defaults section may
@@ -23,9 +25,17 @@ pub(super) struct Layer {
     pub(super) verify: VerifyPlan,
     pub(super) uncordon: UncordonPolicy,
     pub(super) already_cordoned: AlreadyCordonedPolicy,
+    /// `soak`; zero when there is none.
+    pub(super) soak: Duration,
+    pub(super) soak_per: SoakScope,
 }
 
 impl Layer {
+    /// The soak these settings ask for, if any.
+    pub(super) fn soak(&self) -> Option<SoakPlan> {
+        (!self.soak.is_zero()).then_some(SoakPlan { duration: self.soak, per: self.soak_per })
+    }
+
     /// The built-in defaults, under the plan's `defaults` section.
     pub(super) fn builtin() -> Self {
         Layer {
@@ -56,6 +66,8 @@ impl Layer {
             },
             uncordon: defaults::UNCORDON,
             already_cordoned: defaults::ALREADY_CORDONED,
+            soak: Duration::ZERO,
+            soak_per: defaults::SOAK_PER,
         }
     }
 }
@@ -126,6 +138,10 @@ impl Checker<'_> {
         if let Some(a) = over.already_cordoned {
             out.already_cordoned = a;
         }
+        if let Some(soak) = over.soak {
+            out.soak = self.duration_zero_ok(soak, "soak").unwrap_or(base.soak);
+        }
+        out.soak_per = over.soak_per.unwrap_or(base.soak_per);
         out
     }
 }
@@ -163,6 +179,8 @@ pub(super) struct Overrides<'a> {
     verify: Option<&'a model::VerifySettings>,
     uncordon: Option<UncordonPolicy>,
     already_cordoned: Option<AlreadyCordonedPolicy>,
+    soak: Option<&'a Spanned<String>>,
+    soak_per: Option<SoakScope>,
 }
 
 impl<'a> From<&'a StepSettings> for Overrides<'a> {
@@ -174,6 +192,8 @@ impl<'a> From<&'a StepSettings> for Overrides<'a> {
             verify: s.verify.as_ref(),
             uncordon: s.uncordon,
             already_cordoned: s.already_cordoned,
+            soak: s.soak.as_ref(),
+            soak_per: s.soak_per,
         }
     }
 }
@@ -187,6 +207,8 @@ impl<'a> From<&'a Batch> for Overrides<'a> {
             verify: b.verify.as_ref(),
             uncordon: b.uncordon,
             already_cordoned: b.already_cordoned,
+            soak: b.soak.as_ref(),
+            soak_per: b.soak_per,
         }
     }
 }
