@@ -215,6 +215,35 @@ fn an_alert_that_keeps_firing_halts_before_anything_changes() {
 }
 
 #[test]
+fn an_alert_that_fires_while_a_node_soaks_fails_the_soak_before_the_next_node_starts() {
+    // `Regression` starts firing 8 s from now: after the batch's gate has passed, while
+    // cp1 soaks (or before its soak begins, whose first look then sees it).
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 8;
+    let rules = format!(
+        "groups:\n  - name: t\n    rules:\n      - {{alert: Regression, expr: 'vector(time()) > {start}', labels: {{severity: critical}}}}\n"
+    );
+    let prometheus = Prometheus::start("global: {evaluation_interval: 1s}\nrule_files: [rules.yml]\n", &rules);
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let plan = gated_plan(
+        &sim,
+        &format!("{{prometheus: {{url: \"http://127.0.0.1:{}\"}}, interval: 1s, timeout: 1m}}", prometheus.port),
+    );
+    let text =
+        std::fs::read_to_string(&plan).expect("read plan").replace("  defaults:\n", "  defaults:\n    soak: 1h\n");
+    std::fs::write(&plan, text).expect("write plan");
+    let out = apply_via(&sim.kubeconfig(), &plan, &[]).output().expect("apply runs");
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = events(&out);
+    let failed = events.iter().find(|e| e["event"] == "step-failed").expect("a step failed");
+    assert_eq!(failed["step"], "cp1/soak", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the health gate failed (alerts firing: Regression)"), "{error}");
+    assert!(!events.iter().any(|e| e["event"] == "step-started" && e["node"] == "cp2"), "cp2 waits for cp1's soak");
+    let reboots = sim.state()["reboots"].clone();
+    assert_eq!(reboots, serde_json::json!({"cp1": 1}), "only cp1 was upgraded");
+}
+
+#[test]
 fn the_previous_batch_must_be_ready_and_the_command_gate_must_pass() {
     let sim = SimProcess::start(&["--sessions-per-node", "0"]);
     let flag = sim.dir.path().join("healthy");
