@@ -579,6 +579,9 @@ struct Budget {
     never: Option<String>,
     /// Why it lets no unhealthy pod go now, when it does not.
     holds_unhealthy: Option<String>,
+    /// The pods it counts as evicted already (`status.disruptedPods`): evictions granted
+    /// whose deletions kube-apiserver has not seen yet.
+    disrupted: BTreeSet<String>,
 }
 
 /// The budgets (`namespace/name`) whose selector covers a pod.
@@ -600,7 +603,14 @@ fn budget_entry(pdb: &PodDisruptionBudget) -> (String, Budget) {
     let selector = pdb.spec.as_ref().and_then(|s| serde_json::to_value(&s.selector).ok()).unwrap_or(Value::Null);
     let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
     let json = serde_json::to_value(pdb).unwrap_or(Value::Null);
-    let budget = Budget { selector, allowed, never: never_allows(&json), holds_unhealthy: holds_unhealthy(&json) };
+    let disrupted = pdb.status.as_ref().and_then(|s| s.disrupted_pods.as_ref());
+    let budget = Budget {
+        selector,
+        allowed,
+        never: never_allows(&json),
+        holds_unhealthy: holds_unhealthy(&json),
+        disrupted: disrupted.map(|pods| pods.keys().cloned().collect()).unwrap_or_default(),
+    };
     (key, budget)
 }
 
@@ -703,7 +713,24 @@ fn give_up(
             deleted.len()
         ));
     }
-    let help = if held.is_empty() {
+    let counted: Vec<String> = progress
+        .targets
+        .values()
+        .filter(|t| {
+            let prefix = format!("{}/", t.namespace);
+            budgets.iter().any(|(key, b)| key.starts_with(&prefix) && b.disrupted.contains(&t.name))
+        })
+        .map(Target::key)
+        .collect();
+    if !counted.is_empty() {
+        parts.push(format!(
+            "{} counted by its budget as evicted already (status.disruptedPods) though still running: an eviction was cut off before the pod's deletion (a killed noderoll or kubectl drain), and kube-apiserver forgets it 2 minutes after the eviction",
+            sample(counted.iter().cloned())
+        ));
+    }
+    let help = if !counted.is_empty() {
+        "wait two minutes, then run apply again"
+    } else if held.is_empty() {
         "check why the pods do not terminate (finalizers, long grace periods), then run apply again"
     } else {
         "make room for the budget (scale the workload up, or relax the PDB), then run apply again"
@@ -933,5 +960,23 @@ mod tests {
         let (progress, budgets) = held(None, budget(json!({"maxUnavailable": 0}), 2, 2, 2));
         let error = hopeless("ws01", &progress, &budgets).expect("hopeless").to_string();
         assert!(error.contains("maxUnavailable 0 with 2 pod(s)"), "a budget that never allows: {error}");
+    }
+
+    #[test]
+    fn a_timeout_names_a_pod_its_budget_counts_as_evicted_though_it_still_runs() {
+        let mut pdb = budget(json!({"maxUnavailable": 1}), 2, 2, 3);
+        pdb["status"]["disruptedPods"] = json!({"app-1": "2026-12-07T17:31:42Z"});
+        let (progress, budgets) = held(None, pdb);
+        let error = give_up("cp2", &settings(false, false, false), &progress, &budgets, None).to_string();
+        assert!(error.contains("drain/app-1 counted by its budget as evicted already"), "{error}");
+        assert!(error.ends_with("wait two minutes, then run apply again"), "{error}");
+
+        let (progress, budgets) = held(None, budget(json!({"maxUnavailable": 1}), 2, 2, 3));
+        let error = give_up("cp2", &settings(false, false, false), &progress, &budgets, None).to_string();
+        assert!(!error.contains("evicted already"), "{error}");
+        assert!(
+            error.ends_with("make room for the budget (scale the workload up, or relax the PDB), then run apply again"),
+            "{error}"
+        );
     }
 }
