@@ -49,6 +49,10 @@ pub const SOAK_PER: SoakScope = SoakScope::Node;
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// `loadBalancer.bgp.nodeLabel`.
 pub const BGP_LABEL: &str = labels::CILIUM_BGP;
+/// `loadBalancer.bgp.peeringTimeout`: Cilium's operator reconciles a node's
+/// `CiliumBGPNodeConfig` within seconds, and BGP's hold timer (90 s by default) bounds how
+/// long a peer may take to see a session end.
+pub const BGP_PEERING_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 /// `loadBalancer.l2.leaseNamespace`: where Cilium keeps its `cilium-l2announce-*` Leases.
 pub const L2_LEASE_NAMESPACE: &str = "kube-system";
 /// `loadBalancer.l2.releaseTimeout`.
@@ -88,6 +92,7 @@ fn documented() -> Vec<(&'static str, &'static str, String)> {
     }
     vec![
         ("spec.loadBalancer", "bgp.nodeLabel", BGP_LABEL.into()),
+        ("spec.loadBalancer", "bgp.peeringTimeout", written(BGP_PEERING_TIMEOUT)),
         ("spec.loadBalancer", "l2.leaseNamespace", L2_LEASE_NAMESPACE.into()),
         ("spec.loadBalancer", "l2.releaseTimeout", written(L2_RELEASE_TIMEOUT)),
         ("spec.loadBalancer.dns", "propagationTimeout", written(DNS_PROPAGATION_TIMEOUT)),

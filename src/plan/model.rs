@@ -260,6 +260,15 @@ pub struct BgpSettings {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub node_label: Option<Spanned<String>>,
+    /// How long, after the label is removed, the node's `CiliumBGPNodeConfig` may take to
+    /// show no established peering (Cilium's operator deletes it once the node no longer
+    /// matches the `CiliumBGPClusterConfig`), and, after the label is back, to show one
+    /// again. On a cluster that serves no `CiliumBGPNodeConfig` (BGPv1's
+    /// CiliumBGPPeeringPolicy keeps no per-node state) the wait is skipped with a warning.
+    /// Default: `2m`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationString>")]
+    pub peering_timeout: Option<Spanned<String>>,
 }
 
 /// Cilium L2 announcement settings.

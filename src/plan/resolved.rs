@@ -42,6 +42,8 @@ pub struct LoadBalancerPlan {
     pub dns: Option<DnsPlan>,
     /// The BGP selector label (Cilium BGP only).
     pub bgp_label: Option<NodeLabel>,
+    /// How long the node's BGP peering may take to go down and come back (Cilium BGP only).
+    pub bgp_peering_timeout: Option<Duration>,
     /// Cilium L2 settings (Cilium L2 only).
     pub l2: Option<L2Plan>,
 }

@@ -14,6 +14,7 @@ mod preview;
 mod prometheus;
 mod quorum;
 mod real_abort;
+mod real_bgp;
 mod real_cordoned;
 mod real_drain;
 mod real_failures;

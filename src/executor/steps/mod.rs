@@ -3,6 +3,7 @@
 //! the work. Both are idempotent, so a step found in flight after a crash is simply acted
 //! on again with the detail recorded the first time.
 
+mod bgp;
 mod dns;
 mod drain;
 mod gates;
@@ -116,6 +117,9 @@ pub struct Context {
     pub finished: Mutex<BTreeMap<String, Value>>,
     /// The API requests a step that is cut off must still see to their end.
     pub shield: Shield,
+    /// Whether the run has warned that the cluster serves no `CiliumBGPNodeConfig`, so it
+    /// says so once, not at every BGP step.
+    pub bgp_unwatched: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Context {
@@ -301,8 +305,16 @@ pub async fn act(ctx: &Context, step: &Step, detail: &Value, resumed: bool) -> R
         (Action::Health, _) => health::before_batch(ctx, step).await,
         (Action::Cordon, _) => node::cordon(ctx, step, detail).await,
         (Action::Uncordon, _) => node::uncordon(ctx, step, "upgraded and verified, schedulable again").await,
-        (Action::BgpWithdraw, _) => node::bgp_withdraw(ctx, node).await.map(|()| detail.clone()),
-        (Action::BgpRestore, _) => node::bgp_restore(ctx, node).await,
+        (Action::BgpWithdraw, _) => {
+            node::bgp_withdraw(ctx, node).await?;
+            bgp::wait(ctx, step, bgp::Peering::Down).await?;
+            Ok(detail.clone())
+        }
+        (Action::BgpRestore, _) => {
+            let restored = node::bgp_restore(ctx, node).await?;
+            bgp::wait(ctx, step, bgp::Peering::Up).await?;
+            Ok(restored)
+        }
         (Action::WaitL2Release, _) => l2::wait_release(ctx, step).await,
         (Action::DnsWithdraw | Action::DnsRepoint | Action::DnsRestore, _) => dns::act(ctx, step, detail).await,
         (Action::WaitSessions, Some(batch)) => sessions::wait(ctx, step, &batch.settings.sessions).await,

@@ -54,6 +54,13 @@ impl Checker<'_> {
             }
             (None, _) => None,
         };
+        let bgp_peering_timeout = (mode == LoadBalancerMode::CiliumBgp).then(|| {
+            self.duration_or(
+                lb.bgp.as_ref().and_then(|b| b.peering_timeout.as_ref()),
+                defaults::BGP_PEERING_TIMEOUT,
+                "BGP peering timeout",
+            )
+        });
         let l2 = match (lb.l2.as_ref(), mode) {
             (l2, LoadBalancerMode::CiliumL2) => Some(L2Plan {
                 lease_namespace: l2
@@ -75,7 +82,7 @@ impl Checker<'_> {
             }
             (None, _) => None,
         };
-        LoadBalancerPlan { mode, dns, bgp_label, l2 }
+        LoadBalancerPlan { mode, dns, bgp_label, bgp_peering_timeout, l2 }
     }
 
     fn node_label(&mut self, field: &Spanned<String>) -> Option<NodeLabel> {
