@@ -269,6 +269,17 @@ pub struct BgpSettings {
     #[serde(default)]
     #[schemars(with = "Option<DurationString>")]
     pub peering_timeout: Option<Spanned<String>>,
+    /// For setups without `CiliumBGPNodeConfig` (BGPv1, another BGP speaker): a command
+    /// (argv; `{node}`, `{batch}`, `{plan}`) that exits 0 once the peers have withdrawn the
+    /// node's routes. Run after `bgp-withdraw` every 2 s until it does, up to
+    /// `peeringTimeout`, instead of reading `CiliumBGPNodeConfig`.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub withdrawn_command: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Likewise after `bgp-restore`: exits 0 once the node's routes are announced again.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub announced_command: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Cilium L2 announcement settings.

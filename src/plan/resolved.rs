@@ -42,8 +42,8 @@ pub struct LoadBalancerPlan {
     pub dns: Option<DnsPlan>,
     /// The BGP selector label (Cilium BGP only).
     pub bgp_label: Option<NodeLabel>,
-    /// How long the node's BGP peering may take to go down and come back (Cilium BGP only).
-    pub bgp_peering_timeout: Option<Duration>,
+    /// How the node's BGP peering is awaited around its upgrade (Cilium BGP only).
+    pub bgp_peering: Option<BgpPeering>,
     /// Cilium L2 settings (Cilium L2 only).
     pub l2: Option<L2Plan>,
 }
@@ -103,6 +103,17 @@ pub struct NodeLabel {
     pub key: String,
     /// Value the label has while the node is selected, if a specific one.
     pub value: Option<String>,
+}
+
+/// How `bgp-withdraw` and `bgp-restore` wait for the node's sessions.
+#[derive(Debug, Clone)]
+pub struct BgpPeering {
+    /// How long each may wait.
+    pub timeout: Duration,
+    /// Exits 0 once the routes are withdrawn; instead of `CiliumBGPNodeConfig`.
+    pub withdrawn_command: Option<CommandTemplate>,
+    /// Exits 0 once the routes are announced again.
+    pub announced_command: Option<CommandTemplate>,
 }
 
 /// Cilium L2 settings.

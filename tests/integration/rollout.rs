@@ -95,6 +95,55 @@ fn a_batch_soak_holds_the_next_batch_until_every_node_of_the_batch_has_soaked() 
     sim.assert_upgraded_once(9);
 }
 
+#[test]
+fn bgp_check_commands_hold_the_upgrade_until_the_routes_are_withdrawn_and_halt_when_they_never_are() {
+    let sim = SimProcess::start(&["--sessions-per-node", "0"]);
+    let dir = sim.dir.path();
+    let bgp = |name: &str, withdrawn: &str, timeout: &str| {
+        let path = plan(dir, name, "");
+        let text = std::fs::read_to_string(&path).expect("read plan").replace(
+            "loadBalancer: {mode: external}",
+            &format!("loadBalancer: {{mode: cilium-bgp, bgp: {{nodeLabel: bgp-policy=default, peeringTimeout: {timeout}, withdrawnCommand: {withdrawn}, announcedCommand: [\"true\"]}}}}"),
+        );
+        std::fs::write(&path, text).expect("write plan");
+        path
+    };
+    let flag = dir.join("withdrawn");
+    let plan = bgp("bgp", &format!("[test, -e, \"{}\"]", flag.display()), "1m");
+    let creator = {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            std::fs::write(flag, "").expect("create the flag");
+        })
+    };
+    let (code, events, stderr) = apply(&sim, &plan, &[]);
+    creator.join().expect("flag thread");
+    assert_eq!(code, 0, "{stderr}");
+    let waited = events
+        .iter()
+        .position(|e| {
+            e["event"] == "step-progress"
+                && e["step"] == "cp1/bgp-withdraw"
+                && e["message"].as_str().is_some_and(|m| m.starts_with("waiting for cp1's BGP peering to go down: "))
+        })
+        .expect("cp1's withdrawal waited for the command");
+    let upgraded = events.iter().position(|e| e["event"] == "step-started" && e["step"] == "cp1/upgrade");
+    assert!(upgraded.is_some_and(|u| u > waited), "cp1 is upgraded after the wait");
+    sim.assert_upgraded_once(9);
+
+    let plan = bgp("never", "[\"false\"]", "3s");
+    let (code, events, _) = apply(&sim, &plan, &[]);
+    assert_eq!(code, 4, "the routes are never withdrawn: {events:#?}");
+    let failed = events.iter().find(|e| e["event"] == "step-failed").expect("a step failed");
+    assert_eq!(failed["step"], "cp1/bgp-withdraw");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cp1's BGP peering going down did not happen within 3s; the bgp-withdrawn command still fails"),
+        "{error}"
+    );
+}
+
 /// Reads `apply -o json` events until `stop` events of kind `kind` have been seen, then
 /// kills the process with SIGKILL.
 fn kill_after(mut child: Child, kind: &'static str, stop: usize) {

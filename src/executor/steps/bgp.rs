@@ -38,8 +38,16 @@ pub(super) enum Peering {
 
 /// Waits until the node's BGP peering is `want`, up to `loadBalancer.bgp.peeringTimeout`.
 pub(super) async fn wait(ctx: &Context, step: &Step, want: Peering) -> Result<Value, StepError> {
-    let Some(timeout) = ctx.plan.load_balancer.bgp_peering_timeout else { return Ok(Value::Null) };
+    let Some(peering) = &ctx.plan.load_balancer.bgp_peering else { return Ok(Value::Null) };
+    let timeout = peering.timeout;
     let node = step.node.as_deref().unwrap_or_default();
+    let command = match want {
+        Peering::Down => peering.withdrawn_command.as_ref(),
+        Peering::Up => peering.announced_command.as_ref(),
+    };
+    if let Some(template) = command {
+        return wait_for_command(ctx, step, want, template, timeout).await;
+    }
     let Some(api) = served(ctx).await? else {
         if !ctx.bgp_unwatched.swap(true, std::sync::atomic::Ordering::SeqCst) {
             ctx.warn(
@@ -79,6 +87,47 @@ pub(super) async fn wait(ctx: &Context, step: &Step, want: Peering) -> Result<Va
             });
         }
         tokio::time::sleep(ctx.real(INTERVAL).max(Duration::from_millis(100))).await;
+    }
+}
+
+/// How often the plan's check command is run, in plan time.
+const COMMAND_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs the plan's check command until it exits 0, up to `timeout`.
+async fn wait_for_command(
+    ctx: &Context,
+    step: &Step,
+    want: Peering,
+    template: &crate::plan::template::CommandTemplate,
+    timeout: Duration,
+) -> Result<Value, StepError> {
+    let node = step.node.as_deref().unwrap_or_default();
+    let batch = step.batch.clone().unwrap_or_default();
+    let name = match want {
+        Peering::Down => "bgp-withdrawn",
+        Peering::Up => "bgp-announced",
+    };
+    let deadline = tokio::time::Instant::now() + ctx.real(timeout);
+    let mut told = false;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let check = super::hook::Hook { name, template, shell: false, timeout: timeout.min(COMMAND_INTERVAL * 15) };
+        let problem = match super::hook::run(ctx, node, &batch, &check).await {
+            Ok(_) => return Ok(json!({"awaited": true, "command": name})),
+            Err(e) => e.to_string(),
+        };
+        if !told {
+            ctx.progress(step, format!("waiting for {node}'s BGP peering to go {}: {problem}", want.word()));
+            told = true;
+        }
+        if left.is_zero() {
+            return Err(StepError::Timeout {
+                what: format!("{node}'s BGP peering going {}", want.word()),
+                after: written(timeout),
+                detail: format!("; the {name} command still fails: {problem}. {}", want.advice()),
+            });
+        }
+        tokio::time::sleep(ctx.real(COMMAND_INTERVAL).min(left).max(Duration::from_millis(100))).await;
     }
 }
 

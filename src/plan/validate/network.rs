@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use serde_saphyr::Spanned;
 
-use super::{Checker, is_url};
+use super::{Checker, HOOK_PLACEHOLDERS, is_url};
 use crate::plan::defaults;
 use crate::plan::model::{self, DnsProvider, DnsStrategy, LoadBalancerMode};
-use crate::plan::resolved::{DnsPlan, DnsProviderPlan, L2Plan, LoadBalancerPlan, NodeLabel};
+use crate::plan::resolved::{BgpPeering, DnsPlan, DnsProviderPlan, L2Plan, LoadBalancerPlan, NodeLabel};
 use crate::plan::selector::{is_dns_subdomain, is_label_name};
 
 /// Placeholders the DNS command provider may use.
@@ -54,12 +54,21 @@ impl Checker<'_> {
             }
             (None, _) => None,
         };
-        let bgp_peering_timeout = (mode == LoadBalancerMode::CiliumBgp).then(|| {
-            self.duration_or(
-                lb.bgp.as_ref().and_then(|b| b.peering_timeout.as_ref()),
-                defaults::BGP_PEERING_TIMEOUT,
-                "BGP peering timeout",
-            )
+        let bgp_peering = (mode == LoadBalancerMode::CiliumBgp).then(|| {
+            let bgp = lb.bgp.as_ref();
+            BgpPeering {
+                timeout: self.duration_or(
+                    bgp.and_then(|b| b.peering_timeout.as_ref()),
+                    defaults::BGP_PEERING_TIMEOUT,
+                    "BGP peering timeout",
+                ),
+                withdrawn_command: bgp
+                    .and_then(|b| b.withdrawn_command.as_ref())
+                    .and_then(|c| self.template(c, HOOK_PLACEHOLDERS, "BGP withdrawn command")),
+                announced_command: bgp
+                    .and_then(|b| b.announced_command.as_ref())
+                    .and_then(|c| self.template(c, HOOK_PLACEHOLDERS, "BGP announced command")),
+            }
         });
         let l2 = match (lb.l2.as_ref(), mode) {
             (l2, LoadBalancerMode::CiliumL2) => Some(L2Plan {
@@ -82,7 +91,7 @@ impl Checker<'_> {
             }
             (None, _) => None,
         };
-        LoadBalancerPlan { mode, dns, bgp_label, bgp_peering_timeout, l2 }
+        LoadBalancerPlan { mode, dns, bgp_label, bgp_peering, l2 }
     }
 
     fn node_label(&mut self, field: &Spanned<String>) -> Option<NodeLabel> {
