@@ -69,7 +69,7 @@ impl Runner<'_> {
             journal,
             finished: Mutex::new(finished),
             shield: super::steps::Shield::default(),
-            bgp_unwatched: std::sync::atomic::AtomicBool::new(false),
+            bgp_node_configs: tokio::sync::OnceCell::new(),
         }
     }
 

@@ -48,14 +48,10 @@ pub(super) async fn wait(ctx: &Context, step: &Step, want: Peering) -> Result<Va
     if let Some(template) = command {
         return wait_for_command(ctx, step, want, template, timeout).await;
     }
-    let Some(api) = served(ctx).await? else {
-        if !ctx.bgp_unwatched.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            ctx.warn(
-                "the cluster serves no CiliumBGPNodeConfig (cilium.io/v2 or v2alpha1; BGPv1's CiliumBGPPeeringPolicy keeps no per-node state), so the nodes' BGP sessions cannot be watched: bgp-withdraw and bgp-restore go on without waiting for them",
-            );
-        }
+    let Some(version) = *ctx.bgp_node_configs.get_or_try_init(|| served(ctx)).await? else {
         return Ok(json!({"awaited": false}));
     };
+    let api = node_configs(ctx, version);
     let deadline = tokio::time::Instant::now() + ctx.real(timeout);
     let mut last = None;
     loop {
@@ -151,21 +147,27 @@ impl Peering {
     }
 }
 
-/// The `CiliumBGPNodeConfig` API of the newest version the cluster serves, if any.
-async fn served(ctx: &Context) -> Result<Option<Api<DynamicObject>>, StepError> {
+/// The `CiliumBGPNodeConfig` API of one version.
+fn node_configs(ctx: &Context, version: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("cilium.io", version, "CiliumBGPNodeConfig");
+    Api::<DynamicObject>::all_with(ctx.client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "ciliumbgpnodeconfigs"))
+}
+
+/// The newest version of `CiliumBGPNodeConfig` the cluster serves, if any; when none, says
+/// once that the BGP steps will not wait.
+async fn served(ctx: &Context) -> Result<Option<&'static str>, StepError> {
     for version in VERSIONS {
-        let gvk = GroupVersionKind::gvk("cilium.io", version, "CiliumBGPNodeConfig");
-        let api = Api::<DynamicObject>::all_with(
-            ctx.client.clone(),
-            &ApiResource::from_gvk_with_plural(&gvk, "ciliumbgpnodeconfigs"),
-        );
+        let api = node_configs(ctx, version);
         let one = ListParams::default().limit(1);
         match crate::world::retry::call(&ctx.patience, || api.list_metadata(&one)).await {
-            Ok(_) => return Ok(Some(api)),
+            Ok(_) => return Ok(Some(version)),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(source) => return Err(StepError::Api { context: "list CiliumBGPNodeConfigs".into(), source }),
         }
     }
+    ctx.warn(
+        "the cluster serves no CiliumBGPNodeConfig (cilium.io/v2 or v2alpha1; BGPv1's CiliumBGPPeeringPolicy keeps no per-node state), so the nodes' BGP sessions cannot be watched: bgp-withdraw and bgp-restore go on without waiting for them",
+    );
     Ok(None)
 }
 

@@ -100,7 +100,7 @@ pub(super) async fn alarms(ctx: &Context, step: &Step, node: Option<&str>) -> Ve
 
 /// The nodes of the batches this step's batch runs after that are not Ready.
 async fn previous_not_ready(ctx: &Context, step: &Step) -> Result<Vec<String>, StepError> {
-    let Some(batch) = ctx.batches.iter().find(|b| Some(&b.name) == step.batch.as_ref()) else { return Ok(Vec::new()) };
+    let Some(batch) = ctx.planned_batch(step) else { return Ok(Vec::new()) };
     let mut not_ready = Vec::new();
     for before in ctx.batches.iter().filter(|b| batch.after.contains(&b.name)) {
         for name in &before.nodes {

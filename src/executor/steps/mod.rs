@@ -117,9 +117,9 @@ pub struct Context {
     pub finished: Mutex<BTreeMap<String, Value>>,
     /// The API requests a step that is cut off must still see to their end.
     pub shield: Shield,
-    /// Whether the run has warned that the cluster serves no `CiliumBGPNodeConfig`, so it
-    /// says so once, not at every BGP step.
-    pub bgp_unwatched: std::sync::atomic::AtomicBool,
+    /// The `CiliumBGPNodeConfig` version the cluster serves (`None`: neither), asked once
+    /// per run by the first BGP step, not by every one.
+    pub bgp_node_configs: tokio::sync::OnceCell<Option<&'static str>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -226,6 +226,12 @@ impl Context {
             return node::cordoned_before(detail);
         }
         self.was_skipped(node)
+    }
+
+    /// The step's batch as resolved against the cluster (its nodes).
+    fn planned_batch(&self, step: &Step) -> Option<&crate::planner::build::PlannedBatch> {
+        let name = step.batch.as_deref()?;
+        self.batches.iter().find(|b| b.name == name)
     }
 
     fn batch(&self, step: &Step) -> Option<&BatchPlan> {
@@ -345,7 +351,7 @@ const CONCURRENT_LABELS: usize = 32;
 
 /// Shows every node of the step's batch as queued: the rollout has reached them.
 async fn queue(ctx: &Context, step: &Step) -> Result<Value, StepError> {
-    let Some(batch) = ctx.batches.iter().find(|b| Some(&b.name) == step.batch.as_ref()) else { return Ok(Value::Null) };
+    let Some(batch) = ctx.planned_batch(step) else { return Ok(Value::Null) };
     futures::stream::iter(&batch.nodes)
         .for_each_concurrent(CONCURRENT_LABELS, |node| node::show_phase(ctx, node, Some(Phase::Queued), None))
         .await;

@@ -95,9 +95,7 @@ pub(super) async fn soak(ctx: &Context, step: &Step, plan: SoakPlan, detail: &Va
 /// uncordon finished, and they were not left alone for having been cordoned before it.
 /// A node that failed (within `maxFailures`) is not soaked: it stays cordoned and named.
 fn returned(ctx: &Context, step: &Step) -> BTreeSet<String> {
-    let Some(batch) = ctx.batches.iter().find(|b| Some(&b.name) == step.batch.as_ref()) else {
-        return BTreeSet::new();
-    };
+    let Some(batch) = ctx.planned_batch(step) else { return BTreeSet::new() };
     batch
         .nodes
         .iter()
@@ -107,7 +105,7 @@ fn returned(ctx: &Context, step: &Step) -> BTreeSet<String> {
 }
 
 /// The Ready condition's reason and message, when it says more than False.
-fn not_ready_reason(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+fn not_ready_reason(node: &Node) -> Option<String> {
     let conditions = node.status.as_ref()?.conditions.as_ref()?;
     let ready = conditions.iter().find(|c| c.type_ == "Ready")?;
     let text = [ready.reason.as_deref(), ready.message.as_deref()].into_iter().flatten().collect::<Vec<_>>();
